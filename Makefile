@@ -1,0 +1,44 @@
+# The project's command contract:
+#   make demo   the main job on built-in sample data
+#   make test   every test tier (installs what it needs: apt and pip)
+#   make e2e    the end-to-end tier alone
+#   make bench  the benchmarks
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := qemu-utils
+
+.PHONY: demo test unit e2e bench lint venv system-deps clean
+
+$(STAMP): setup.cfg setup.py requirements.txt test-requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e . -r test-requirements.txt
+	touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	tools/install-system-deps $(SYSTEM_PACKAGES)
+
+lint: venv
+	$(BIN)/flake8 xenapinfs_driver tests bench tools
+
+unit: system-deps venv
+	$(BIN)/python -m pytest tests/unit
+
+e2e: system-deps venv
+	$(BIN)/python -m pytest tests/e2e
+
+test: system-deps venv lint
+	$(BIN)/python -m pytest tests
+
+demo: system-deps venv
+	$(BIN)/python tools/demo.py
+
+bench: system-deps venv
+	$(BIN)/python bench/bench_convert.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info build dist

@@ -1,0 +1,258 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Compose the layers of a chain into one disk, in whatever order they come.
+
+The newest layer wins per sector. Each layer's sector bitmaps are kept (one
+byte per block, plus the mask of each partly filled block), so a layer only
+writes the sectors no newer layer has written, and layers may arrive newest
+first, base first, or mixed. A mask is an int of one bit per sector of the
+block, sector 0 in the most significant bit, as the bitmap stores it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from xenapinfs_driver.vhd import errors
+from xenapinfs_driver.vhd import format as fmt
+
+_NONE, _FULL, _PARTIAL = 0, 1, 2
+_RUNS = re.compile(b'1+')
+ZERO_FILL_CHUNK = 1 << 20
+_ZEROS = bytes(ZERO_FILL_CHUNK)
+
+
+def _is_zero(view) -> bool:
+    if view[0] or view[-1]:
+        return False
+    n = len(view)
+    if n <= ZERO_FILL_CHUNK:
+        return view.tobytes() == (_ZEROS if n == ZERO_FILL_CHUNK
+                                  else _ZEROS[:n])
+    return not view.tobytes().strip(b'\0')
+
+
+class Coverage:
+    """Which sectors of which blocks one layer provides."""
+
+    def __init__(self, rank: int, size: int, spb: int | None, fixed=False):
+        self.rank = rank
+        self.size = size
+        self.fixed = fixed
+        self.spb = spb
+        self.full = (1 << spb) - 1 if spb else 0
+        nblocks = -(-size // (spb * fmt.SECTOR)) if spb else 0
+        self.flags = bytearray(0 if fixed else nblocks)
+        self.partial: dict[int, int] = {}
+
+    def set(self, idx: int, mask: int) -> None:
+        if mask == self.full:
+            self.flags[idx] = _FULL
+        elif mask:
+            self.flags[idx] = _PARTIAL
+            self.partial[idx] = mask
+
+    def mask(self, idx: int, spb: int) -> int:
+        if self.fixed:
+            start = idx * spb
+            have = self.size // fmt.SECTOR - start
+            if have <= 0:
+                return 0
+            if have >= spb:
+                return (1 << spb) - 1
+            return ((1 << have) - 1) << (spb - have)
+        if idx >= len(self.flags):
+            return 0
+        flag = self.flags[idx]
+        if flag == _FULL:
+            return self.full
+        if flag == _PARTIAL:
+            return self.partial[idx]
+        return 0
+
+
+class Composer:
+    """Turns block data into positioned writes on a target.
+
+    :param target: an object with ``pwrite(view, offset)``, or None to
+        only read and account (``info`` and ``check``).
+    :param fresh: the target reads zeros wherever nothing is written, so
+        all-zero runs need not be written where no older layer wrote.
+    """
+
+    def __init__(self, target=None, fresh: bool = True, progress=None):
+        self.target = target
+        self.fresh = fresh
+        self.progress = progress
+        self.block_size: int | None = None
+        self.spb: int | None = None
+        self.layers: dict[int, Coverage] = {}
+        self.bytes_written = 0
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def begin_layer(self, layer) -> None:
+        bs = layer.block_size
+        if self.block_size is None:
+            self.block_size = bs
+            self.spb = bs // fmt.SECTOR
+        elif bs != self.block_size:
+            raise errors.ChainError(
+                '%d differs from the %d of the other layers'
+                % (bs, self.block_size), field='block size')
+        self.layers[layer.rank] = Coverage(layer.rank, layer.size, self.spb)
+
+    def end_fixed(self, layer) -> None:
+        self.layers[layer.rank] = Coverage(layer.rank, layer.size, None,
+                                           fixed=True)
+
+    def _newer(self, rank: int, idx: int) -> int:
+        mask = 0
+        for r, cov in self.layers.items():
+            if r < rank:
+                mask |= cov.mask(idx, self.spb)
+        return mask
+
+    def _older(self, rank: int, idx: int) -> int:
+        mask = 0
+        for r, cov in self.layers.items():
+            if r > rank:
+                mask |= cov.mask(idx, self.spb)
+        return mask
+
+    def union(self, idx: int) -> int:
+        mask = 0
+        for cov in self.layers.values():
+            mask |= cov.mask(idx, self.spb)
+        return mask
+
+    # -- writing -------------------------------------------------------------
+
+    def _emit(self, view, offset: int, runs, skip_zero: bool) -> None:
+        """Write the parts of view (at disk offset) that runs select.
+
+        runs is None for "all of it", else a list of (start, end) disk
+        byte ranges sorted by start.
+        """
+        if self.target is None:
+            return
+        end = offset + len(view)
+        pieces = ((offset, end),) if runs is None else runs
+        for start, stop in pieces:
+            if stop <= offset:
+                continue
+            if start >= end:
+                break
+            lo, hi = max(start, offset), min(stop, end)
+            part = view[lo - offset:hi - offset]
+            if skip_zero and _is_zero(part):
+                continue
+            self.target.pwrite(part, lo)
+            self.bytes_written += hi - lo
+        if self.progress:
+            self.progress()
+
+    def _runs(self, mask: int, spb: int, base: int):
+        bits = format(mask, '0%db' % spb).encode('ascii')
+        return [(base + m.start() * fmt.SECTOR, base + m.end() * fmt.SECTOR)
+                for m in _RUNS.finditer(bits)]
+
+    def write_block(self, layer, idx: int, bitmap: bytes, src) -> int:
+        """Consume one block's data from src; return its present sectors."""
+        spb, bs = self.spb, self.block_size
+        nbits = 8 * ((spb + 7) // 8)
+        mask = int.from_bytes(bitmap[:nbits // 8], 'big') >> (nbits - spb)
+        base = idx * bs
+        valid = min(spb, (layer.size - base) // fmt.SECTOR)
+        full = (1 << spb) - 1
+        if valid < spb:
+            mask &= full ^ ((1 << (spb - valid)) - 1)
+        cov = self.layers[layer.rank]
+        cov.set(idx, mask)
+        write = mask & ~self._newer(layer.rank, idx)
+        if self.target is None or not write:
+            src.skip(bs, 'block %d' % idx)
+            return mask.bit_count()
+        runs = None if write == full else self._runs(write, spb, base)
+        skip_zero = self.fresh and not self._older(layer.rank, idx)
+        offset = base
+        for view in src.slices(bs, 'block %d' % idx):
+            self._emit(view, offset, runs, skip_zero)
+            offset += len(view)
+        return mask.bit_count()
+
+    def write_fixed(self, rank: int, offset: int, view) -> None:
+        """Data of a fixed disk (always the base of its chain)."""
+        if self.target is None:
+            return
+        if not any(r < rank for r in self.layers):
+            self._emit(view, offset, None, self.fresh)
+            return
+        # Newer layers already wrote: mask them block by block.
+        bs, spb = self.block_size, self.spb
+        end = offset + len(view)
+        pos = offset
+        while pos < end:
+            idx = pos // bs
+            stop = min(end, (idx + 1) * bs)
+            newer = self._newer(rank, idx)
+            part = view[pos - offset:stop - offset]
+            if not newer:
+                self._emit(part, pos, None, self.fresh)
+            elif newer != (1 << spb) - 1:
+                write = ((1 << spb) - 1) & ~newer
+                self._emit(part, pos, self._runs(write, spb, idx * bs),
+                           self.fresh)
+            pos = stop
+
+    def holes(self, size: int):
+        """Yield (offset, length) of the ranges no layer provides."""
+        bs = self.block_size
+        if bs is None:
+            fixed = [c.size for c in self.layers.values() if c.fixed]
+            covered = max(fixed, default=0)
+            if covered < size:
+                yield covered, size - covered
+            return
+        spb = self.spb
+        hole_start = None
+        for idx in range(-(-size // bs)):
+            base = idx * bs
+            mask = self.union(idx)
+            if mask == (1 << spb) - 1:
+                runs = []
+            elif not mask:
+                runs = [(base, base + bs)]
+            else:
+                runs = self._runs(~mask & ((1 << spb) - 1), spb, base)
+            for start, stop in runs:
+                stop = min(stop, size)
+                if hole_start is not None and start == hole_end:
+                    hole_end = stop
+                    continue
+                if hole_start is not None:
+                    yield hole_start, hole_end - hole_start
+                hole_start, hole_end = start, stop
+        if hole_start is not None:
+            yield hole_start, hole_end - hole_start
+
+    def zero_fill(self, size: int) -> None:
+        for offset, length in self.holes(size):
+            while length:
+                n = min(length, ZERO_FILL_CHUNK)
+                self.target.pwrite(memoryview(_ZEROS)[:n], offset)
+                offset += n
+                length -= n
+
+    def allocated(self, size: int) -> int:
+        """Bytes of the composed disk that some layer provides."""
+        return size - sum(length for _, length in self.holes(size))

@@ -1,0 +1,404 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Read one VHD file strictly forward, validating as it goes.
+
+Everything needed to place a block precedes it in the file: the footer copy
+at 0, the dynamic header, the BAT. The allocated blocks, the parent locators
+and the batmap are then visited in file order, whatever their order on the
+virtual disk, so a VHD can be read from a pipe or a tar stream. Parent
+locators are decoded for display and never followed.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import dataclasses
+import sys
+
+from xenapinfs_driver.vhd import errors
+from xenapinfs_driver.vhd import format as fmt
+
+MAX_LOCATOR = 64 << 10
+MIN_BLOCK = fmt.SECTOR
+MAX_BLOCK = 256 << 20
+
+
+@dataclasses.dataclass
+class Limits:
+    """Bounds on what an input may make us do; every one is configurable."""
+
+    max_depth: int = 30                  # XenServer's maximum chain length
+    max_size: int = 2 << 40              # 2 TiB, XenServer's largest VDI
+    max_table_entries: int = 1 << 22     # 16 MiB of BAT; LVM SRs use 1 Mi
+
+
+@dataclasses.dataclass
+class Layer:
+    """What a VHD in a chain is, as read from its metadata."""
+
+    name: str
+    rank: int
+    footer: fmt.Footer
+    header: fmt.DynamicHeader | None = None
+    locators: list = dataclasses.field(default_factory=list)
+    batmap: str = 'absent'
+    allocated_blocks: int = 0
+    present_sectors: int = 0
+    batmap_bits: bytes = b''
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.footer.current_size
+
+    @property
+    def disk_type(self) -> int:
+        return self.footer.disk_type
+
+    @property
+    def block_size(self) -> int | None:
+        return self.header.block_size if self.header else None
+
+
+def _fail(cls, reason, field=None):
+    raise cls(reason, field=field)
+
+
+def check_footer(footer: fmt.Footer, raw: bytes, limits: Limits,
+                 where: str) -> None:
+    if footer.cookie != fmt.FOOTER_COOKIE:
+        _fail(errors.InvalidFooter, 'bad cookie %r (expected conectix)'
+              % footer.cookie, where + ' cookie')
+    want = fmt.checksum(raw, fmt.FOOTER_CHECKSUM_AT)
+    if footer.checksum != want:
+        _fail(errors.InvalidFooter, 'checksum 0x%08x does not match the '
+              'contents (0x%08x)' % (footer.checksum, want),
+              where + ' checksum')
+    if footer.format_version >> 16 != 1:
+        _fail(errors.InvalidFooter, 'unsupported version 0x%08x'
+              % footer.format_version, where + ' format version')
+    if footer.disk_type not in fmt.DISK_TYPE_NAMES:
+        _fail(errors.InvalidFooter, 'unsupported disk type %d'
+              % footer.disk_type, where + ' disk type')
+    if footer.current_size % fmt.SECTOR:
+        _fail(errors.InvalidFooter, '%d is not a multiple of 512'
+              % footer.current_size, where + ' current size')
+    if footer.current_size > limits.max_size:
+        raise errors.LimitExceeded(
+            '%d bytes exceeds the limit of %d' % (footer.current_size,
+                                                  limits.max_size),
+            field=where + ' current size')
+
+
+def _check_header(hdr: fmt.DynamicHeader, raw: bytes, footer: fmt.Footer,
+                  limits: Limits, member_size: int | None) -> int:
+    """Validate the dynamic header; return the number of BAT entries used."""
+    if hdr.cookie != fmt.HEADER_COOKIE:
+        _fail(errors.InvalidHeader, 'bad cookie %r (expected cxsparse)'
+              % hdr.cookie, 'dynamic header cookie')
+    want = fmt.checksum(raw, fmt.HEADER_CHECKSUM_AT)
+    if hdr.checksum != want:
+        _fail(errors.InvalidHeader, 'checksum 0x%08x does not match the '
+              'contents (0x%08x)' % (hdr.checksum, want),
+              'dynamic header checksum')
+    if hdr.header_version >> 16 != 1:
+        _fail(errors.InvalidHeader, 'unsupported version 0x%08x'
+              % hdr.header_version, 'dynamic header version')
+    bs = hdr.block_size
+    if bs < MIN_BLOCK or bs > MAX_BLOCK or bs & (bs - 1):
+        _fail(errors.InvalidHeader, '%d is not a power of two between %d and '
+              '%d' % (bs, MIN_BLOCK, MAX_BLOCK), 'block size')
+    needed = -(-footer.current_size // bs)
+    if hdr.max_table_entries < needed:
+        _fail(errors.InvalidHeader, '%d entries cannot map a disk of %d '
+              'bytes in blocks of %d (%d needed)' % (
+                  hdr.max_table_entries, footer.current_size, bs, needed),
+              'max table entries')
+    if hdr.max_table_entries > limits.max_table_entries:
+        raise errors.LimitExceeded(
+            '%d exceeds the limit of %d' % (hdr.max_table_entries,
+                                            limits.max_table_entries),
+            field='max table entries')
+    header_end = footer.data_offset + fmt.HEADER_SIZE
+    if hdr.table_offset < header_end:
+        _fail(errors.InvalidHeader, 'BAT at %d overlaps the footer copy or '
+              'the dynamic header (which end at %d)'
+              % (hdr.table_offset, header_end), 'table offset')
+    table_end = hdr.table_offset + 4 * hdr.max_table_entries
+    if member_size is not None and table_end > member_size - fmt.FOOTER_SIZE:
+        _fail(errors.InvalidHeader, 'BAT at %d of %d entries runs past the '
+              'end of the file (%d bytes)' % (
+                  hdr.table_offset, hdr.max_table_entries, member_size),
+              'table offset')
+    return needed
+
+
+class LayerReader:
+    """Reads one VHD from a Source and hands its blocks to a composer."""
+
+    def __init__(self, src, name: str, size: int | None, rank: int,
+                 composer, limits: Limits):
+        self.src = src
+        self.name = name
+        self.member_size = size
+        self.rank = rank
+        self.composer = composer
+        self.limits = limits
+        self.start = src.offset
+
+    @property
+    def pos(self) -> int:
+        return self.src.offset - self.start
+
+    def _skip_to(self, offset: int, what: str) -> None:
+        if offset < self.pos:
+            raise AssertionError('regions are visited in order')
+        self.src.skip(offset - self.pos, what)
+
+    def _read(self, n: int, what: str) -> bytes:
+        try:
+            return self.src.read_exact(n, what)
+        except errors.VhdError:
+            _fail(errors.VhdError, 'file ends early (truncated?)', what)
+
+    def read(self) -> Layer:
+        if self.member_size is not None and \
+                self.member_size < fmt.FOOTER_SIZE:
+            _fail(errors.InvalidFooter, '%d bytes is too small for a VHD'
+                  % self.member_size, 'file size')
+        head = self._read(fmt.FOOTER_SIZE, 'footer copy')
+        footer = fmt.Footer.from_bytes(head)
+        if footer.cookie == fmt.FOOTER_COOKIE and footer.disk_type in (
+                fmt.DISK_DYNAMIC, fmt.DISK_DIFFERENCING):
+            check_footer(footer, head, self.limits, 'footer copy')
+            layer = Layer(self.name, self.rank, footer)
+            self._read_dynamic(layer)
+            tail = self._trailing_footer()
+            if tail != head:
+                self._check_trailer(tail, 'footer')
+                _fail(errors.InvalidFooter, 'differs from the copy at '
+                      'offset 0', 'footer')
+            return layer
+        return self._read_fixed(head)
+
+    def _check_trailer(self, tail: bytes, what: str) -> fmt.Footer:
+        footer = fmt.Footer.from_bytes(tail)
+        check_footer(footer, tail, self.limits, what)
+        return footer
+
+    def _trailing_footer(self) -> bytes:
+        if self.member_size is not None:
+            self._skip_to(self.member_size - fmt.FOOTER_SIZE, 'padding')
+            return self._read(fmt.FOOTER_SIZE, 'footer')
+        tail = b''
+        while True:
+            more = self.src.read_upto(1 << 20)
+            if not more:
+                break
+            tail = (tail + more)[-fmt.FOOTER_SIZE:]
+        if len(tail) < fmt.FOOTER_SIZE:
+            _fail(errors.InvalidFooter, 'file ends early (truncated?)',
+                  'footer')
+        return tail
+
+    # -- dynamic and differencing disks ------------------------------------
+
+    def _read_dynamic(self, layer: Layer) -> None:
+        footer = layer.footer
+        if footer.data_offset < fmt.FOOTER_SIZE or (
+                self.member_size is not None and footer.data_offset
+                > self.member_size - fmt.FOOTER_SIZE - fmt.HEADER_SIZE):
+            _fail(errors.InvalidFooter, '%d does not point inside the file'
+                  % footer.data_offset, 'data offset')
+        self._skip_to(footer.data_offset, 'gap before the dynamic header')
+        raw = self._read(fmt.HEADER_SIZE, 'dynamic header')
+        hdr = fmt.DynamicHeader.from_bytes(raw)
+        needed = _check_header(hdr, raw, footer, self.limits,
+                               self.member_size)
+        layer.header = hdr
+        self.composer.begin_layer(layer)
+
+        self._skip_to(hdr.table_offset, 'gap before the BAT')
+        bat = array.array('I', self._read(4 * needed, 'BAT'))
+        if sys.byteorder == 'little':
+            bat.byteswap()
+        self.src.skip(4 * (hdr.max_table_entries - needed), 'BAT')
+        table_end = hdr.table_offset + 4 * hdr.max_table_entries
+        regions = self._regions(layer, bat, table_end)
+        self._visit(layer, regions, table_end)
+
+    def _regions(self, layer, bat, table_end):
+        """Every part of the file past the BAT that we must read, sorted."""
+        hdr = layer.header
+        span = fmt.bitmap_size(hdr.block_size) + hdr.block_size
+        limit = (self.member_size - fmt.FOOTER_SIZE
+                 if self.member_size is not None else None)
+        regions = []
+        for idx, entry in enumerate(bat):
+            if entry == fmt.BAT_UNUSED:
+                continue
+            offset = entry * fmt.SECTOR
+            if limit is not None and offset + span > limit:
+                _fail(errors.InvalidTable, 'block %d at offset %d runs past '
+                      'the end of the file' % (idx, offset),
+                      'BAT entry %d' % idx)
+            regions.append((offset, 0, idx))
+        layer.allocated_blocks = len(regions)
+        if layer.disk_type == fmt.DISK_DIFFERENCING:
+            for i, loc in enumerate(hdr.locators):
+                if loc.code == fmt.PLAT_NONE or not loc.data_length:
+                    continue
+                if loc.data_length > MAX_LOCATOR or (
+                        limit is not None
+                        and loc.data_offset + loc.data_length > limit):
+                    _fail(errors.InvalidHeader, 'data of %d bytes at %d does '
+                          'not fit in the file' % (loc.data_length,
+                                                   loc.data_offset),
+                          'parent locator %d' % i)
+                regions.append((loc.data_offset, 1, i))
+        regions.sort()
+        if footer_is_tap(layer.footer):
+            # blktap keeps its batmap right after the BAT, sector-aligned.
+            candidate = table_end + (-table_end % fmt.SECTOR)
+            nxt = regions[0][0] if regions else None
+            if nxt is None or nxt >= candidate + fmt.SECTOR:
+                if limit is None or candidate + fmt.SECTOR <= limit:
+                    bisect.insort(regions, (candidate, 2, -1))
+        return regions
+
+    def _visit(self, layer, regions, table_end):
+        hdr = layer.header
+        bm_size = fmt.bitmap_size(hdr.block_size)
+        span = bm_size + hdr.block_size
+        end_prev, what_prev = table_end, 'the BAT'
+        i = 0
+        while i < len(regions):
+            offset, kind, ident = regions[i]
+            i += 1
+            if offset < end_prev:
+                field = ('BAT entry %d' % ident if kind == 0 else
+                         'parent locator %d' % ident if kind == 1 else
+                         'batmap')
+                _fail(errors.InvalidTable, 'offset %d overlaps %s'
+                      % (offset, what_prev), field)
+            self._skip_to(offset, 'gap')
+            if kind == 0:
+                bitmap = self._read(bm_size, 'bitmap of block %d' % ident)
+                layer.present_sectors += self.composer.write_block(
+                    layer, ident, bitmap, self.src)
+                end_prev, what_prev = offset + span, 'block %d' % ident
+            elif kind == 1:
+                loc = hdr.locators[ident]
+                data = self._read(loc.data_length, 'parent locator data')
+                layer.locators.append(
+                    (fmt.platform_name(loc.code),
+                     fmt.decode_locator(loc.code, data)))
+                end_prev = offset + loc.data_length
+                what_prev = 'parent locator %d' % ident
+            elif kind == 2:
+                end_prev, what_prev = self._batmap_header(
+                    layer, offset, regions, i)
+            else:
+                self._check_batmap(layer, self._read(ident, 'batmap'))
+                end_prev, what_prev = offset + ident, 'the batmap'
+
+    def _batmap_header(self, layer, offset, regions, i):
+        raw = self._read(fmt.SECTOR, 'batmap header')
+        cookie, map_offset, map_sectors, version, csum = \
+            fmt.BATMAP.unpack_from(raw)
+        if cookie != fmt.BATMAP_COOKIE:
+            return offset, 'the BAT'     # No batmap: the bytes are a gap.
+        map_size = map_sectors * fmt.SECTOR
+        entries = layer.header.max_table_entries
+        nxt = regions[i][0] if i < len(regions) else None
+        limit = (self.member_size - fmt.FOOTER_SIZE
+                 if self.member_size is not None else None)
+        if map_offset < offset + fmt.SECTOR or \
+                map_size > entries // 8 + 2 * fmt.SECTOR or \
+                (nxt is not None and map_offset + map_size > nxt) or \
+                (limit is not None and map_offset + map_size > limit):
+            layer.batmap = 'invalid'
+            layer.warnings.append('batmap header points at %d bytes at %d, '
+                                  'which do not fit' % (map_size, map_offset))
+            return offset + fmt.SECTOR, 'the batmap header'
+        regions.insert(i, (map_offset, 3, map_size))
+        self._batmap_csum = csum
+        return offset + fmt.SECTOR, 'the batmap header'
+
+    def _check_batmap(self, layer, data):
+        if fmt.checksum(data + b'\0\0\0\0', len(data)) != self._batmap_csum:
+            layer.batmap = 'bad checksum'
+            layer.warnings.append('batmap checksum does not match; blktap '
+                                  'would ignore it')
+        else:
+            layer.batmap = 'valid'
+        # The batmap is only a hint: the sector bitmaps decide. Record the
+        # blocks it claims are full so that `check` can compare.
+        layer.batmap_bits = data
+
+    # -- fixed disks ----------------------------------------------------------
+
+    def _read_fixed(self, head: bytes) -> Layer:
+        """A fixed disk is raw data with the footer at the end only."""
+        composer = self.composer
+        pending = head
+        written = 0
+        if self.member_size is not None:
+            data_len = self.member_size - fmt.FOOTER_SIZE
+            first = min(len(pending), data_len)
+            composer.write_fixed(self.rank, 0, memoryview(pending)[:first])
+            written = first
+            tail = pending[first:]
+            for view in self.src.slices(data_len - written, 'fixed disk data'):
+                composer.write_fixed(self.rank, written, view)
+                written += len(view)
+            tail += self._read(fmt.FOOTER_SIZE - len(tail), 'footer')
+        else:
+            # Unknown length (a pipe): hold the last 512 bytes back.
+            while True:
+                more = self.src.read_upto(1 << 20)
+                if not more:
+                    break
+                pending += more
+                cut = len(pending) - fmt.FOOTER_SIZE
+                if cut > 0:
+                    composer.write_fixed(self.rank, written,
+                                         memoryview(pending)[:cut])
+                    written += cut
+                    pending = pending[cut:]
+            tail = pending
+            if len(tail) < fmt.FOOTER_SIZE:
+                _fail(errors.InvalidFooter, 'not a VHD: no footer',
+                      'footer')
+        footer = fmt.Footer.from_bytes(tail)
+        if footer.cookie != fmt.FOOTER_COOKIE:
+            _fail(errors.InvalidFooter, 'not a VHD: no conectix cookie at '
+                  'offset 0 or in the last 512 bytes', 'footer')
+        check_footer(footer, tail, self.limits, 'footer')
+        if footer.disk_type != fmt.DISK_FIXED:
+            _fail(errors.InvalidFooter, '%s disk without a footer copy at '
+                  'offset 0' % fmt.DISK_TYPE_NAMES[footer.disk_type],
+                  'footer copy')
+        if footer.current_size != written:
+            _fail(errors.InvalidFooter, '%d, but the fixed disk holds %d '
+                  'bytes of data' % (footer.current_size, written),
+                  'current size')
+        layer = Layer(self.name, self.rank, footer)
+        composer.end_fixed(layer)
+        layer.present_sectors = written // fmt.SECTOR
+        return layer
+
+
+def footer_is_tap(footer: fmt.Footer) -> bool:
+    return footer.creator_app == fmt.CREATOR_TAP and \
+        footer.creator_version >= 0x00010002

@@ -1,0 +1,257 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Sequential input: a file or pipe, inflated on the fly when it is gzip.
+
+Inflating runs in a thread of its own so that it overlaps with parsing and
+writing on another core (zlib, isal and zlib-ng all release the GIL). The
+queue between the two is short and every piece is at most CHUNK bytes, so
+memory stays bounded however well the input compresses.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import zlib
+
+from xenapinfs_driver.vhd import errors
+
+CHUNK = 1 << 20
+READ_SIZE = 256 << 10
+QUEUE_DEPTH = 8
+GZIP_MAGIC = b'\x1f\x8b'
+
+
+def _pick_zlib(name: str | None = None):
+    """The fastest inflater installed: isal, then zlib-ng, then zlib."""
+    wanted = name or os.environ.get('XENAPINFS_VHD_ZLIB', '')
+    candidates = [wanted] if wanted else ['isal', 'zlib-ng', 'zlib']
+    for cand in candidates:
+        try:
+            if cand == 'isal':
+                from isal import isal_zlib
+                return 'isal', isal_zlib
+            if cand == 'zlib-ng':
+                from zlib_ng import zlib_ng
+                return 'zlib-ng', zlib_ng
+            if cand == 'zlib':
+                return 'zlib', zlib
+        except ImportError:
+            continue
+    raise ValueError('unknown or unavailable zlib implementation %r'
+                     % wanted)
+
+
+class RawReader:
+    """Reads a file object in pieces and counts what it consumed."""
+
+    def __init__(self, fobj, total: int | None):
+        self.fobj = fobj
+        self.total = total
+        self.consumed = 0
+        self._head = b''
+
+    def peek(self, n: int) -> bytes:
+        """The first bytes, read once and handed out again by read()."""
+        while len(self._head) < n:
+            more = self.fobj.read(n - len(self._head))
+            if not more:
+                break
+            self._head += more
+        return self._head[:n]
+
+    def read(self, n: int) -> bytes:
+        if self._head:
+            data, self._head = self._head[:n], self._head[n:]
+        else:
+            data = self.fobj.read(n)
+        self.consumed += len(data)
+        return data
+
+
+class Inflater:
+    """Iterates over the inflated pieces of a gzip stream, in a thread.
+
+    Concatenated gzip members are one stream, as gzip(1) reads them;
+    zero padding after the last member (tape blocking) is ignored.
+    """
+
+    def __init__(self, raw: RawReader, name: str, zlib_name=None):
+        self.raw = raw
+        self.name = name
+        self.impl, self._zlib = _pick_zlib(zlib_name)
+        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='vhd-inflate')
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self):
+        try:
+            self._inflate()
+        except errors.VhdError as exc:
+            self._put(exc)
+        except Exception as exc:  # zlib.error, or isal's and zlib-ng's own
+            self._put(errors.ArchiveError(
+                'corrupt gzip data near compressed offset %d (%s)'
+                % (self.raw.consumed, exc), source=self.name))
+        else:
+            self._put(None)
+
+    def _inflate(self):
+        dec = self._zlib.decompressobj(31)
+        started = False
+        buf = b''
+        while not self._stop.is_set():
+            if not buf:
+                buf = self.raw.read(READ_SIZE)
+                if not buf:
+                    break
+            if dec.eof:
+                # Between gzip members: another member, zero padding
+                # (tape blocking, which gzip(1) accepts too) or garbage.
+                if buf[:1] == b'\0':
+                    self._drain_padding(buf)
+                    return
+                if not buf.startswith(GZIP_MAGIC[:len(buf)]):
+                    raise errors.ArchiveError(
+                        'trailing garbage after gzip data at compressed '
+                        'offset %d' % (self.raw.consumed - len(buf)),
+                        source=self.name)
+                dec = self._zlib.decompressobj(31)
+            started = True
+            while True:
+                out = dec.decompress(buf, CHUNK)
+                if out and not self._put(out):
+                    return
+                if dec.eof:
+                    buf = dec.unused_data
+                    break
+                buf = dec.unconsumed_tail
+                # A full piece may leave output pending inside zlib.
+                if not buf and len(out) < CHUNK:
+                    break
+        if started and not dec.eof:
+            raise errors.ArchiveError(
+                'truncated gzip data: the compressed stream ends early',
+                source=self.name)
+
+    def _drain_padding(self, data: bytes):
+        while data:
+            if data.strip(b'\0'):
+                raise errors.ArchiveError(
+                    'trailing garbage after gzip data at compressed '
+                    'offset %d' % (self.raw.consumed - len(data)),
+                    source=self.name)
+            data = self.raw.read(READ_SIZE)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def plain_chunks(raw: RawReader):
+    while True:
+        data = raw.read(CHUNK)
+        if not data:
+            return
+        yield data
+
+
+class Source:
+    """The inflated input as a sequence of bytes read strictly forward.
+
+    ``offset`` counts the bytes consumed so far. Bulk data is handed out
+    as memoryview slices of the pieces it arrived in, so that it can be
+    written without another copy.
+    """
+
+    def __init__(self, chunks, name: str):
+        self._chunks = iter(chunks)
+        self.name = name
+        self._buf = b''
+        self._pos = 0
+        self.offset = 0
+        self.on_chunk = None
+
+    def _fill(self) -> bool:
+        for chunk in self._chunks:
+            if self.on_chunk is not None:
+                self.on_chunk()
+            if chunk:
+                if self._pos < len(self._buf):
+                    self._buf = self._buf[self._pos:] + chunk
+                else:
+                    self._buf = chunk
+                self._pos = 0
+                return True
+        return False
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                break
+        return self._buf[self._pos:self._pos + n]
+
+    def read_upto(self, n: int) -> bytes:
+        data = self.peek(n)
+        self._pos += len(data)
+        self.offset += len(data)
+        return data
+
+    def read_exact(self, n: int, what: str = 'data') -> bytes:
+        data = self.read_upto(n)
+        if len(data) != n:
+            raise errors.VhdError(
+                'input ends early (%d of %d bytes of %s)'
+                % (len(data), n, what), source=self.name)
+        return data
+
+    def slices(self, n: int, what: str = 'data'):
+        """Yield memoryviews covering the next n bytes."""
+        while n > 0:
+            if self._pos >= len(self._buf) and not self._fill():
+                raise errors.VhdError(
+                    'input ends early (%d bytes of %s missing)' % (n, what),
+                    source=self.name)
+            take = min(n, len(self._buf) - self._pos)
+            view = memoryview(self._buf)[self._pos:self._pos + take]
+            self._pos += take
+            self.offset += take
+            n -= take
+            yield view
+
+    def skip(self, n: int, what: str = 'data'):
+        for _ in self.slices(n, what):
+            pass
+
+    def at_eof(self) -> bool:
+        return not self.peek(1)
