@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from xenapinfs_driver.vhd import convert as convertmod
+from xenapinfs_driver.vhd import tgz as convertmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 

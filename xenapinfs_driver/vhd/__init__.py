@@ -15,8 +15,8 @@ It reads XenServer images (a tar.gz of a VHD chain) and plain VHDs in one
 pass; isal or zlib-ng, when installed, only make gzip faster.
 """
 
-from xenapinfs_driver.vhd.convert import convert  # noqa: F401
-from xenapinfs_driver.vhd.convert import inspect  # noqa: F401
-from xenapinfs_driver.vhd.convert import Limits  # noqa: F401
-from xenapinfs_driver.vhd.convert import Result  # noqa: F401
+from xenapinfs_driver.vhd.tgz import convert  # noqa: F401
+from xenapinfs_driver.vhd.tgz import inspect  # noqa: F401
+from xenapinfs_driver.vhd.tgz import Limits  # noqa: F401
+from xenapinfs_driver.vhd.tgz import Result  # noqa: F401
 from xenapinfs_driver.vhd.errors import VhdError  # noqa: F401
