@@ -27,6 +27,7 @@ from xenapinfs_driver.vhd import format as fmt
 
 _NONE, _FULL, _PARTIAL = 0, 1, 2
 _RUNS = re.compile(b'1+')
+_NONZERO = re.compile(b'[^\\x00]')
 ZERO_FILL_CHUNK = 1 << 20
 _ZEROS = bytes(ZERO_FILL_CHUNK)
 
@@ -39,6 +40,23 @@ def _is_zero(view) -> bool:
         return view.tobytes() == (_ZEROS if n == ZERO_FILL_CHUNK
                                   else _ZEROS[:n])
     return not view.tobytes().strip(b'\0')
+
+
+def _merge(runs, size):
+    """Join adjacent (start, stop) runs, clip to size, as (start, length)."""
+    start = stop = None
+    for lo, hi in runs:
+        hi = min(hi, size)
+        if lo >= hi:
+            continue
+        if start is not None and lo == stop:
+            stop = hi
+            continue
+        if start is not None:
+            yield start, stop - start
+        start, stop = lo, hi
+    if start is not None:
+        yield start, stop - start
 
 
 class Coverage:
@@ -89,10 +107,12 @@ class Composer:
         all-zero runs need not be written where no older layer wrote.
     """
 
-    def __init__(self, target=None, fresh: bool = True, progress=None):
+    def __init__(self, target=None, fresh: bool = True,
+                 mask_budget: int = 256 << 20):
         self.target = target
         self.fresh = fresh
-        self.progress = progress
+        self.mask_budget = mask_budget
+        self.mask_bytes = 0
         self.block_size: int | None = None
         self.spb: int | None = None
         self.layers: dict[int, Coverage] = {}
@@ -158,8 +178,6 @@ class Composer:
                 continue
             self.target.pwrite(part, lo)
             self.bytes_written += hi - lo
-        if self.progress:
-            self.progress()
 
     def _runs(self, mask: int, spb: int, base: int):
         bits = format(mask, '0%db' % spb).encode('ascii')
@@ -177,6 +195,15 @@ class Composer:
         if valid < spb:
             mask &= full ^ ((1 << (spb - valid)) - 1)
         cov = self.layers[layer.rank]
+        if mask and mask != full:
+            # Partly filled blocks keep their mask until the end, for the
+            # layers still to come: that is the memory a chain costs.
+            self.mask_bytes += spb // 8 + 64
+            if self.mask_bytes > self.mask_budget:
+                raise errors.LimitExceeded(
+                    'more partly filled blocks than the mask memory limit '
+                    'of %d bytes allows' % self.mask_budget,
+                    field='bitmap of block %d' % idx)
         cov.set(idx, mask)
         write = mask & ~self._newer(layer.rank, idx)
         if self.target is None or not write:
@@ -214,6 +241,18 @@ class Composer:
                            self.fresh)
             pos = stop
 
+    def _touched(self, nblocks: int):
+        """Sorted indices of the blocks some layer has data in."""
+        touched = set()
+        for cov in self.layers.values():
+            if cov.fixed:
+                touched.update(range(min(nblocks,
+                                         -(-cov.size // self.block_size))))
+            else:
+                touched.update(m.start() for m in _NONZERO.finditer(
+                    cov.flags))
+        return sorted(i for i in touched if i < nblocks)
+
     def holes(self, size: int):
         """Yield (offset, length) of the ranges no layer provides."""
         bs = self.block_size
@@ -223,27 +262,23 @@ class Composer:
             if covered < size:
                 yield covered, size - covered
             return
-        spb = self.spb
-        hole_start = None
-        for idx in range(-(-size // bs)):
+        spb, full = self.spb, (1 << self.spb) - 1
+        runs = []
+        pos = 0                         # end of what has been accounted
+        for idx in self._touched(-(-size // bs)):
             base = idx * bs
+            if base > pos:
+                runs.append((pos, base))
             mask = self.union(idx)
-            if mask == (1 << spb) - 1:
-                runs = []
-            elif not mask:
-                runs = [(base, base + bs)]
-            else:
-                runs = self._runs(~mask & ((1 << spb) - 1), spb, base)
-            for start, stop in runs:
-                stop = min(stop, size)
-                if hole_start is not None and start == hole_end:
-                    hole_end = stop
-                    continue
-                if hole_start is not None:
-                    yield hole_start, hole_end - hole_start
-                hole_start, hole_end = start, stop
-        if hole_start is not None:
-            yield hole_start, hole_end - hole_start
+            if mask != full:
+                runs.extend(self._runs(~mask & full, spb, base))
+            pos = base + bs
+            if len(runs) > 1024:
+                yield from _merge(runs[:-1], size)
+                runs = runs[-1:]
+        if pos < size:
+            runs.append((pos, size))
+        yield from _merge(runs, size)
 
     def zero_fill(self, size: int) -> None:
         for offset, length in self.holes(size):

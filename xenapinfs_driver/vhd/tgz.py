@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import sys
 
@@ -35,6 +36,7 @@ from xenapinfs_driver.vhd import tar
 from xenapinfs_driver.vhd import target as targetmod
 
 Limits = layermod.Limits
+_NONZERO = re.compile(b'[^\\x00]')
 
 
 @dataclasses.dataclass
@@ -160,26 +162,37 @@ def _warnings(layers, composer) -> list:
                 layer.name, layer.footer.hidden, hidden,
                 'a parent' if hidden else 'the leaf'))
         if layer.batmap == 'valid':
-            cov = composer.layers[layer.rank]
-            bits = int.from_bytes(layer.batmap_bits, 'big')
-            nbits = 8 * len(layer.batmap_bits)
-            # The last block may run past the disk; its tail is not counted.
-            whole = layer.size // layer.block_size
-            for idx in range(min(whole, nbits)):
-                marked = (bits >> (nbits - 1 - idx)) & 1
-                if marked and cov.flags[idx] != compose._FULL:
-                    out.append('%s: batmap marks block %d full but its '
-                               'bitmap is not' % (layer.name, idx))
-                    break
+            idx = _batmap_mismatch(layer, composer.layers[layer.rank])
+            if idx is not None:
+                out.append('%s: batmap marks block %d full but its bitmap '
+                           'is not' % (layer.name, idx))
     return out
+
+
+def _batmap_mismatch(layer, cov):
+    """The first block the batmap calls full whose bitmap is not, or None."""
+    # The last block may run past the disk; its tail is not counted.
+    whole = layer.size // layer.block_size
+    bits = layer.batmap_bits
+    for match in _NONZERO.finditer(bits):
+        byte = match.start()
+        for bit in range(8):
+            idx = byte * 8 + bit
+            if idx >= whole:
+                return None
+            if bits[byte] & (0x80 >> bit) and \
+                    cov.flags[idx] != compose._FULL:
+                return idx
+    return None
 
 
 def inspect(path: str, *, limits: Limits | None = None,
             check_parents: bool = True, zlib_name: str | None = None,
             progress=None) -> Result:
     """Read and validate an image without writing anything."""
-    composer = compose.Composer(None)
-    return _run(path, composer, limits or Limits(), check_parents,
+    limits = limits or Limits()
+    composer = compose.Composer(None, mask_budget=limits.max_mask_memory)
+    return _run(path, composer, limits, check_parents,
                 zlib_name, _progress_hook(progress))
 
 
@@ -193,11 +206,13 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
         when dest is a block device, whose old contents would show through.
     :param progress: called as progress(consumed, total) while reading.
     """
+    limits = limits or Limits()
     target = targetmod.FileTarget(dest, zero_fill, fsync)
     composer = compose.Composer(target, fresh=target.fresh
-                                and not target.zero_fill)
+                                and not target.zero_fill,
+                                mask_budget=limits.max_mask_memory)
     try:
-        result = _run(path, composer, limits or Limits(), check_parents,
+        result = _run(path, composer, limits, check_parents,
                       zlib_name, _progress_hook(progress))
         target.check_size(result.virtual_size)
         if target.zero_fill:
