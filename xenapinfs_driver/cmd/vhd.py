@@ -28,6 +28,8 @@ from xenapinfs_driver.vhd import tgz as convertmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 
+_p = errors.printable
+
 PROG = 'xenapinfs-vhd'
 
 DESCRIPTION = """\
@@ -233,13 +235,13 @@ def print_info(result, out) -> None:
     kinds = {'tgz': 'XenServer image (tar.gz)', 'tar': 'XenServer image '
              '(tar)', 'vhd': 'VHD', 'vhd.gz': 'VHD (gzip)'}
     out.write('%s: %s, %d layer%s, virtual size %d (%s), %s allocated\n' % (
-        result.source, kinds[result.container], len(result.layers),
+        _p(result.source), kinds[result.container], len(result.layers),
         '' if len(result.layers) == 1 else 's', result.virtual_size,
         human(result.virtual_size), human(result.allocated)))
     for layer in result.layers:
         d = layer_dict(layer)
         out.write('  %s: %s, %d bytes (%s), unique id %s, creator %s %s%s\n'
-                  % (d['name'], d['type'], d['virtual_size'],
+                  % (_p(d['name']), d['type'], d['virtual_size'],
                      human(d['virtual_size']), d['unique_id'], d['creator'],
                      d['creator_version'], ', hidden' if d['hidden'] else ''))
         if 'block_size' in d:
@@ -250,14 +252,15 @@ def print_info(result, out) -> None:
                           d['batmap']))
         if 'parent' in d:
             par = d['parent']
-            out.write('    parent %s %r' % (par['unique_id'], par['name']))
+            out.write('    parent %s %r'
+                      % (par['unique_id'], _p(par['name'])))
             if par['locators']:
                 out.write(', locators %s' % ', '.join(
-                    '%s %s' % (lo['platform'], lo['path'])
+                    '%s %s' % (lo['platform'], _p(lo['path']))
                     for lo in par['locators']))
             out.write('\n')
     for w in result.warnings:
-        out.write('  warning: %s\n' % w)
+        out.write('  warning: %s\n' % _p(w))
 
 
 def main(argv=None) -> int:
@@ -276,7 +279,7 @@ def main(argv=None) -> int:
                                         fsync=args.fsync, **common)
             progress.done()
             for w in result.warnings:
-                sys.stderr.write('%s: warning: %s\n' % (PROG, w))
+                sys.stderr.write('%s: warning: %s\n' % (PROG, _p(w)))
             return 0
         result = convertmod.inspect(args.src, **common)
         progress.done()
@@ -289,7 +292,7 @@ def main(argv=None) -> int:
             return 0
         if not args.quiet:
             for w in result.warnings:
-                sys.stdout.write('warning: %s\n' % w)
+                sys.stdout.write('warning: %s\n' % _p(w))
             sys.stdout.write('%s: valid, %d layer%s, virtual size %d\n' % (
                 result.source, len(result.layers),
                 '' if len(result.layers) == 1 else 's',
@@ -300,11 +303,16 @@ def main(argv=None) -> int:
         if not getattr(args, 'quiet', False):
             sys.stderr.write('%s: error: %s\n' % (PROG, exc))
         return 1
+    except BrokenPipeError:
+        # The reader went away (info | head): not worth a message.
+        _silence_stdout()
+        return 1
     except OSError as exc:
         progress.done()
-        sys.stderr.write('%s: error: %s%s\n' % (
-            PROG, exc.filename + ': ' if exc.filename else '',
-            exc.strerror or exc))
+        if not getattr(args, 'quiet', False):
+            sys.stderr.write('%s: error: %s%s\n' % (
+                PROG, exc.filename + ': ' if exc.filename else '',
+                exc.strerror or exc))
         return 1
     except KeyboardInterrupt:
         progress.done()
@@ -312,8 +320,12 @@ def main(argv=None) -> int:
         return 130
 
 
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit and would fail the same way.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except BrokenPipeError:
-        os._exit(1)
+    sys.exit(main())

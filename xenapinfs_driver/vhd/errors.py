@@ -19,6 +19,13 @@ one-line message is enough to find the problem.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """Text from an image, made safe for one line of a terminal."""
+    return ''.join(c if c.isprintable() else
+                   c.encode('unicode_escape', 'backslashreplace').decode(
+                       'ascii') for c in text)
+
+
 class VhdError(Exception):
     """Base class: something in an image is not what it must be."""
 
@@ -40,7 +47,10 @@ class VhdError(Exception):
         return self
 
     def __str__(self) -> str:
-        where = ': '.join(p for p in (self.source, self.member) if p)
+        # Member names come from the archive: never let them add lines or
+        # terminal escapes to the message.
+        where = ': '.join(printable(p) for p in (self.source, self.member)
+                          if p)
         what = self.reason
         if self.field:
             what = '%s: %s' % (self.field, what)

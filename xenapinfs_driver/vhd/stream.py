@@ -110,6 +110,10 @@ class Inflater:
             self._inflate()
         except errors.VhdError as exc:
             self._put(exc)
+        except OSError as exc:
+            self._put(errors.VhdError('cannot read: %s'
+                                      % (exc.strerror or exc),
+                                      source=self.name))
         except Exception as exc:  # zlib.error, or isal's and zlib-ng's own
             self._put(errors.ArchiveError(
                 'corrupt gzip data near compressed offset %d (%s)'

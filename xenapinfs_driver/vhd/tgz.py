@@ -133,7 +133,11 @@ def _read_layers(inp: _Input, composer, limits: Limits,
 
 
 def _run(path, composer, limits, check_parents, zlib_name, on_input=None):
-    inp = _Input(path, zlib_name)
+    try:
+        inp = _Input(path, zlib_name)
+    except OSError as exc:
+        raise errors.VhdError('cannot read: %s' % exc.strerror,
+                              source=path) from None
     try:
         if on_input is not None:
             on_input(inp)
@@ -141,6 +145,9 @@ def _run(path, composer, limits, check_parents, zlib_name, on_input=None):
                                          check_parents)
     except errors.VhdError as exc:
         raise exc.located(source=inp.name)
+    except OSError as exc:
+        raise errors.VhdError('cannot read: %s' % (exc.strerror or exc),
+                              source=inp.name) from None
     finally:
         inp.close()
     size = layers[0].size
@@ -207,6 +214,7 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
     :param progress: called as progress(consumed, total) while reading.
     """
     limits = limits or Limits()
+    _refuse_same_file(path, dest)
     target = targetmod.FileTarget(dest, zero_fill, fsync)
     composer = compose.Composer(target, fresh=target.fresh
                                 and not target.zero_fill,
@@ -223,6 +231,19 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
         raise
     result.bytes_written = composer.bytes_written
     return result
+
+
+def _refuse_same_file(path: str, dest: str) -> None:
+    """The input is never modified: not even by naming it as the output."""
+    if path == '-':
+        return
+    try:
+        same = os.path.samefile(path, dest)
+    except OSError:
+        return
+    if same:
+        raise errors.TargetError('is the input file; the input is never '
+                                 'overwritten', source=dest)
 
 
 def _progress_hook(progress):
