@@ -224,8 +224,16 @@ class Composer:
         if not any(r < rank for r in self.layers):
             self._emit(view, offset, None, self.fresh)
             return
-        # Newer layers already wrote: mask them block by block.
         bs, spb = self.block_size, self.spb
+        if bs is None:
+            # Only fixed disks came before (an invalid chain, refused once
+            # all is read): they cover everything up to their size.
+            cover = max(c.size for r, c in self.layers.items() if r < rank)
+            if offset + len(view) > cover:
+                skip = max(0, cover - offset)
+                self._emit(view[skip:], offset + skip, None, self.fresh)
+            return
+        # Newer layers already wrote: mask them block by block.
         end = offset + len(view)
         pos = offset
         while pos < end:

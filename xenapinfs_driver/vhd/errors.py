@@ -47,14 +47,13 @@ class VhdError(Exception):
         return self
 
     def __str__(self) -> str:
-        # Member names come from the archive: never let them add lines or
-        # terminal escapes to the message.
-        where = ': '.join(printable(p) for p in (self.source, self.member)
-                          if p)
+        where = ': '.join(p for p in (self.source, self.member) if p)
         what = self.reason
         if self.field:
             what = '%s: %s' % (self.field, what)
-        return '%s: %s' % (where, what) if where else what
+        # Names come from the archive: never let them add lines or
+        # terminal escapes to the message.
+        return printable('%s: %s' % (where, what) if where else what)
 
 
 class InvalidFooter(VhdError):
@@ -75,6 +74,10 @@ class ChainError(VhdError):
 
 class ArchiveError(VhdError):
     """The gzip or tar container is damaged, unsafe or unsupported."""
+
+
+class Truncated(VhdError):
+    """The input ends before what its own structures say is there."""
 
 
 class LimitExceeded(VhdError):

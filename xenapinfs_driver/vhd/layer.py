@@ -163,15 +163,20 @@ class LayerReader:
         return self.src.offset - self.start
 
     def _skip_to(self, offset: int, what: str) -> None:
+        """Skip forward to offset, where `what` (a field name) starts."""
         if offset < self.pos:
             raise AssertionError('regions are visited in order')
-        self.src.skip(offset - self.pos, what)
+        try:
+            self.src.skip(offset - self.pos, what)
+        except errors.Truncated:
+            _fail(errors.Truncated, 'the file ends before offset %d '
+                  '(truncated?)' % offset, what)
 
     def _read(self, n: int, what: str) -> bytes:
         try:
             return self.src.read_exact(n, what)
-        except errors.VhdError:
-            _fail(errors.VhdError, 'file ends early (truncated?)', what)
+        except errors.Truncated:
+            _fail(errors.Truncated, 'file ends early (truncated?)', what)
 
     def read(self) -> Layer:
         if self.member_size is not None and \
@@ -200,7 +205,7 @@ class LayerReader:
 
     def _trailing_footer(self) -> bytes:
         if self.member_size is not None:
-            self._skip_to(self.member_size - fmt.FOOTER_SIZE, 'padding')
+            self._skip_to(self.member_size - fmt.FOOTER_SIZE, 'footer')
             return self._read(fmt.FOOTER_SIZE, 'footer')
         tail = b''
         while True:
@@ -249,17 +254,22 @@ class LayerReader:
         # fully mapped BAT at 8 bytes a block instead of a tuple each.
         keys = array.array('Q')
         ordered, last = True, -1
-        for idx, entry in enumerate(bat):
-            if entry == fmt.BAT_UNUSED:
-                continue
-            if limit is not None and entry * fmt.SECTOR + span > limit:
-                _fail(errors.InvalidTable, 'block %d at offset %d runs past '
-                      'the end of the file' % (idx, entry * fmt.SECTOR),
-                      'BAT entry %d' % idx)
-            key = (entry << 32) | idx
-            ordered = ordered and key > last
-            last = key
-            keys.append(key)
+        unused = array.array('I', [fmt.BAT_UNUSED]) * _SCAN_SLICE
+        for first in range(0, len(bat), _SCAN_SLICE):
+            piece = bat[first:first + _SCAN_SLICE]
+            if piece == unused[:len(piece)]:
+                continue        # The common case in a big sparse disk.
+            for idx, entry in enumerate(piece, first):
+                if entry == fmt.BAT_UNUSED:
+                    continue
+                if limit is not None and entry * fmt.SECTOR + span > limit:
+                    _fail(errors.InvalidTable, 'block %d at offset %d runs '
+                          'past the end of the file'
+                          % (idx, entry * fmt.SECTOR), 'BAT entry %d' % idx)
+                key = (entry << 32) | idx
+                ordered = ordered and key > last
+                last = key
+                keys.append(key)
         layer.allocated_blocks = len(keys)
         if ordered:
             runs = [keys]
@@ -299,13 +309,13 @@ class LayerReader:
         span = bm_size + hdr.block_size
         end_prev, what_prev = table_end, 'the BAT'
         for offset, kind, ident in regions:
+            field = ('BAT entry %d' % ident if kind == _BLOCK else
+                     'parent locator %d' % ident if kind == _LOCATOR
+                     else 'batmap')
             if offset < end_prev:
-                field = ('BAT entry %d' % ident if kind == _BLOCK else
-                         'parent locator %d' % ident if kind == _LOCATOR
-                         else 'batmap')
                 _fail(errors.InvalidTable, 'offset %d overlaps %s'
                       % (offset, what_prev), field)
-            self._skip_to(offset, 'gap')
+            self._skip_to(offset, field)
             if kind == _BLOCK:
                 bitmap = self._read(bm_size, 'bitmap of block %d' % ident)
                 layer.present_sectors += self.composer.write_block(
@@ -415,6 +425,7 @@ class LayerReader:
 
 _BLOCK, _LOCATOR, _BATMAP_HEADER, _BATMAP = range(4)
 _SORT_SLICE = 1 << 16
+_SCAN_SLICE = 1 << 12
 
 
 class _Regions:

@@ -234,7 +234,7 @@ class Source:
     def read_exact(self, n: int, what: str = 'data') -> bytes:
         data = self.read_upto(n)
         if len(data) != n:
-            raise errors.VhdError(
+            raise errors.Truncated(
                 'input ends early (%d of %d bytes of %s)'
                 % (len(data), n, what), source=self.name)
         return data
@@ -243,7 +243,7 @@ class Source:
         """Yield memoryviews covering the next n bytes."""
         while n > 0:
             if self._pos >= len(self._buf) and not self._fill():
-                raise errors.VhdError(
+                raise errors.Truncated(
                     'input ends early (%d bytes of %s missing)' % (n, what),
                     source=self.name)
             take = min(n, len(self._buf) - self._pos)

@@ -21,6 +21,7 @@ checked by the caller before use.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from xenapinfs_driver.vhd import errors
 
@@ -70,14 +71,22 @@ def is_tar_header(block: bytes) -> bool:
     """Whether a 512-byte block looks like a tar header (by its checksum)."""
     if len(block) < BLOCK or not block.strip(b'\0'):
         return False
+    if not block[148:156].strip(b' \0'):
+        return False
     try:
         stored = _number(block[148:156], 'checksum')
     except errors.ArchiveError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:BLOCK])
-    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:BLOCK]
-                                if b > 127)
+    rest = block[:148] + block[156:BLOCK]
+    unsigned = sum(rest) + 8 * 32
+    # Old tars summed signed chars: each byte above 127 counts 256 less.
+    signed = unsigned - 256 * sum(1 for b in rest if b > 127)
     return stored in (unsigned, signed)
+
+
+def has_tar_magic(block: bytes) -> bool:
+    """POSIX or GNU magic: a tar header even if its checksum is wrong."""
+    return block[257:262] == b'ustar'
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -150,11 +159,10 @@ def iter_members(src):
         if 'path' in pax:
             name = pax['path']
         if 'size' in pax:
-            try:
-                size = int(pax['size'])
-            except ValueError:
+            if not re.fullmatch(r'[0-9]{1,20}', pax['size']):
                 raise errors.ArchiveError('bad pax size %r'
-                                          % pax['size'][:16]) from None
+                                          % pax['size'][:24])
+            size = int(pax['size'])
         long_name, pax = None, {}
         kind = _KINDS.get(typeflag)
         if kind is None:

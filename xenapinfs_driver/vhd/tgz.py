@@ -101,7 +101,7 @@ def _read_layers(inp: _Input, composer, limits: Limits,
                  check_parents: bool):
     builder = chainmod.ChainBuilder(limits.max_depth, check_parents)
     head = inp.src.peek(tar.BLOCK)
-    if tar.is_tar_header(head):
+    if tar.is_tar_header(head) or tar.has_tar_magic(head):
         container = 'tgz' if inp.gzip else 'tar'
         for member in tar.iter_members(inp.src):
             rank = chainmod.member_rank(member, limits.max_depth)
@@ -115,6 +115,10 @@ def _read_layers(inp: _Input, composer, limits: Limits,
             except errors.VhdError as exc:
                 raise exc.located(member=member.name)
             builder.add(layer)
+        # Read to the end, so that the gzip trailer (CRC and length) is
+        # checked and garbage after the archive is noticed.
+        while inp.src.read_upto(stream.CHUNK):
+            pass
         return container, builder.finish()
 
     container = 'vhd.gz' if inp.gzip else 'vhd'
