@@ -19,6 +19,7 @@ memory stays bounded however well the input compresses.
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
@@ -60,6 +61,7 @@ class RawReader:
         self.total = total
         self.consumed = 0
         self._head = b''
+        self._map = self._view = None
 
     def peek(self, n: int) -> bytes:
         """The first bytes, read once and handed out again by read()."""
@@ -78,6 +80,41 @@ class RawReader:
         self.consumed += len(data)
         return data
 
+    def map(self) -> None:
+        """Read a regular file through a memory map from now on.
+
+        The inflater then reads the compressed bytes where the page cache
+        holds them, one copy fewer than read() makes. Pipes are read.
+        """
+        if self.total is None or self.total < 1 or self.consumed:
+            return
+        try:
+            self._map = mmap.mmap(self.fobj.fileno(), 0,
+                                  prot=mmap.PROT_READ)
+        except (OSError, ValueError, AttributeError):
+            return
+        self._view = memoryview(self._map)
+        self._head = b''
+
+    def read_view(self, n: int):
+        """Like read(), but a memoryview of the map when there is one."""
+        if self._view is None:
+            return self.read(n)
+        data = self._view[self.consumed:self.consumed + n]
+        self.consumed += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._view is not None:
+            self._view = None
+            try:
+                self._map.close()
+            except BufferError:
+                # A slice is still referenced (say, by a traceback): the
+                # map goes when the last of them does.
+                pass
+            self._map = None
+
 
 class Inflater:
     """Iterates over the inflated pieces of a gzip stream, in a thread.
@@ -90,6 +127,7 @@ class Inflater:
         self.raw = raw
         self.name = name
         self.impl, self._zlib = _pick_zlib(zlib_name)
+        raw.map()
         self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -127,7 +165,7 @@ class Inflater:
         buf = b''
         while not self._stop.is_set():
             if not buf:
-                buf = self.raw.read(READ_SIZE)
+                buf = self.raw.read_view(READ_SIZE)
                 if not buf:
                     break
             if dec.eof:
@@ -136,7 +174,7 @@ class Inflater:
                 if buf[:1] == b'\0':
                     self._drain_padding(buf)
                     return
-                if not buf.startswith(GZIP_MAGIC[:len(buf)]):
+                if not bytes(buf[:2]).startswith(GZIP_MAGIC[:len(buf)]):
                     raise errors.ArchiveError(
                         'trailing garbage after gzip data at compressed '
                         'offset %d' % (self.raw.consumed - len(buf)),
@@ -159,14 +197,14 @@ class Inflater:
                 'truncated gzip data: the compressed stream ends early',
                 source=self.name)
 
-    def _drain_padding(self, data: bytes):
+    def _drain_padding(self, data):
         while data:
-            if data.strip(b'\0'):
+            if bytes(data).strip(b'\0'):
                 raise errors.ArchiveError(
                     'trailing garbage after gzip data at compressed '
                     'offset %d' % (self.raw.consumed - len(data)),
                     source=self.name)
-            data = self.raw.read(READ_SIZE)
+            data = self.raw.read_view(READ_SIZE)
 
     def __iter__(self):
         while True:
@@ -220,9 +258,19 @@ class Source:
         return False
 
     def peek(self, n: int) -> bytes:
-        while len(self._buf) - self._pos < n:
-            if not self._fill():
-                break
+        avail = len(self._buf) - self._pos
+        if avail < n:
+            # Join what is needed once, rather than growing a buffer.
+            parts = [self._buf[self._pos:]]
+            for chunk in self._chunks:
+                if self.on_chunk is not None:
+                    self.on_chunk()
+                parts.append(chunk)
+                avail += len(chunk)
+                if avail >= n:
+                    break
+            self._buf = b''.join(parts)
+            self._pos = 0
         return self._buf[self._pos:self._pos + n]
 
     def read_upto(self, n: int) -> bytes:

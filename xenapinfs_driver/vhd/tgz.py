@@ -93,6 +93,7 @@ class _Input:
     def close(self) -> None:
         if self.inflater is not None:
             self.inflater.close()
+        self.raw.close()
         if self.fobj is not sys.stdin.buffer:
             self.fobj.close()
 
