@@ -38,7 +38,8 @@ demo: system-deps venv
 	$(BIN)/python tools/demo.py
 
 bench: system-deps venv
-	$(BIN)/python bench/bench_convert.py
+	$(BIN)/pip install --quiet zlib-ng   # the other accelerator, compared
+	$(BIN)/python bench/bench_convert.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info build dist

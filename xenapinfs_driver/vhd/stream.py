@@ -30,6 +30,7 @@ from xenapinfs_driver.vhd import errors
 CHUNK = 1 << 20
 READ_SIZE = 256 << 10
 QUEUE_DEPTH = 8
+MAP_WINDOW = 16 << 20
 GZIP_MAGIC = b'\x1f\x8b'
 
 
@@ -61,7 +62,9 @@ class RawReader:
         self.total = total
         self.consumed = 0
         self._head = b''
-        self._map = self._view = None
+        self._mapped = False
+        self._view = None
+        self._win_start = self._win_end = 0
 
     def peek(self, n: int) -> bytes:
         """The first bytes, read once and handed out again by read()."""
@@ -81,39 +84,46 @@ class RawReader:
         return data
 
     def map(self) -> None:
-        """Read a regular file through a memory map from now on.
+        """Read a regular file through memory maps from now on.
 
         The inflater then reads the compressed bytes where the page cache
-        holds them, one copy fewer than read() makes. Pipes are read.
+        holds them, one copy fewer than read() makes. The file is mapped
+        a window at a time, so that resident memory stays bounded. Pipes
+        are read.
         """
         if self.total is None or self.total < 1 or self.consumed:
             return
-        try:
-            self._map = mmap.mmap(self.fobj.fileno(), 0,
-                                  prot=mmap.PROT_READ)
-        except (OSError, ValueError, AttributeError):
-            return
-        self._view = memoryview(self._map)
+        self._mapped = True
         self._head = b''
 
     def read_view(self, n: int):
-        """Like read(), but a memoryview of the map when there is one."""
-        if self._view is None:
+        """Like read(), but a memoryview of a mapped window when it can."""
+        if not self._mapped:
             return self.read(n)
-        data = self._view[self.consumed:self.consumed + n]
+        if self._view is None or self.consumed >= self._win_end:
+            if self.consumed >= self.total:
+                return b''
+            # Dropping the old window unmaps it once no slice of it is
+            # referenced any more (zlib keeps copies, not slices).
+            self._view = None
+            start = self.consumed - self.consumed % mmap.ALLOCATIONGRANULARITY
+            length = min(MAP_WINDOW, self.total - start)
+            try:
+                window = mmap.mmap(self.fobj.fileno(), length, offset=start,
+                                   prot=mmap.PROT_READ)
+            except (OSError, ValueError):
+                self._mapped = False   # e.g. a file system without mmap
+                self.fobj.seek(self.consumed)
+                return self.read(n)
+            self._view = memoryview(window)
+            self._win_start, self._win_end = start, start + length
+        at = self.consumed - self._win_start
+        data = self._view[at:at + min(n, self._win_end - self.consumed)]
         self.consumed += len(data)
         return data
 
     def close(self) -> None:
-        if self._view is not None:
-            self._view = None
-            try:
-                self._map.close()
-            except BufferError:
-                # A slice is still referenced (say, by a traceback): the
-                # map goes when the last of them does.
-                pass
-            self._map = None
+        self._view = None
 
 
 class Inflater:

@@ -18,6 +18,7 @@ import zlib
 
 import pytest
 
+from tests import vhd_factory as vf
 from tests.unit.vhd import badinput as bi
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import stream
@@ -53,6 +54,38 @@ def _inflate(data: bytes, zlib_name='zlib', name='in.gz'):
 
 
 # -- RawReader and Source -----------------------------------------------------
+
+def test_mapped_reading_crosses_windows(tmp_path, monkeypatch):
+    # Windows far smaller than the file, reads that straddle their ends.
+    monkeypatch.setattr(stream, 'MAP_WINDOW', 64 << 10)
+    data = os.urandom(300 << 10)
+    path = tmp_path / 'in.bin'
+    path.write_bytes(data)
+    with open(path, 'rb') as f:
+        raw = stream.RawReader(f, len(data))
+        assert raw.peek(2) == data[:2]
+        raw.map()
+        pieces = []
+        while True:
+            piece = raw.read_view(50 << 10)
+            if not piece:
+                break
+            assert isinstance(piece, memoryview)
+            assert len(piece) <= 50 << 10
+            pieces.append(bytes(piece))
+        raw.close()
+    assert b''.join(pieces) == data
+    assert raw.consumed == len(data)
+
+
+def test_convert_through_small_map_windows(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, 'MAP_WINDOW', 64 << 10)
+    files, expected, _ = vf.standard_chain(seed=11)
+    src = tmp_path / 'img.tgz'
+    vf.xenserver_tgz(src, files)
+    tgz.convert(str(src), str(tmp_path / 'out.raw'))
+    assert (tmp_path / 'out.raw').read_bytes() == expected
+
 
 def test_raw_reader_peek_is_read_again():
     raw = stream.RawReader(io.BytesIO(b'abcdefgh'), 8)
