@@ -38,7 +38,6 @@ demo: system-deps venv
 	$(BIN)/python tools/demo.py
 
 bench: system-deps venv
-	$(BIN)/pip install --quiet zlib-ng   # the other accelerator, compared
 	$(BIN)/python bench/bench_convert.py $(ARGS)
 
 clean:

@@ -56,7 +56,10 @@ SECTOR = vf.SECTOR
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MODULE = 'xenapinfs_driver.cmd.vhd'
 QEMU = shutil.which('qemu-img')
-SCRIPT = shutil.which('xenapinfs-vhd')
+# The script beside this interpreter (a virtual environment's bin/, which
+# need not be on PATH), else on PATH.
+SCRIPT = shutil.which('xenapinfs-vhd', path=os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
 
 needs_qemu = pytest.mark.skipif(
     QEMU is None, reason='qemu-img not found (Debian package qemu-utils)')
