@@ -102,8 +102,8 @@ def check_footer(footer: fmt.Footer, raw: bytes, limits: Limits,
             field=where + ' current size')
 
 
-def _check_header(hdr: fmt.DynamicHeader, raw: bytes, footer: fmt.Footer,
-                  limits: Limits, member_size: int | None) -> int:
+def check_header(hdr: fmt.DynamicHeader, raw: bytes, footer: fmt.Footer,
+                 limits: Limits, member_size: int | None) -> int:
     """Validate the dynamic header; return the number of BAT entries used."""
     if hdr.cookie != fmt.HEADER_COOKIE:
         _fail(errors.InvalidHeader, 'bad cookie %r (expected cxsparse)'
@@ -230,8 +230,8 @@ class LayerReader:
         self._skip_to(footer.data_offset, 'gap before the dynamic header')
         raw = self._read(fmt.HEADER_SIZE, 'dynamic header')
         hdr = fmt.DynamicHeader.from_bytes(raw)
-        needed = _check_header(hdr, raw, footer, self.limits,
-                               self.member_size)
+        needed = check_header(hdr, raw, footer, self.limits,
+                              self.member_size)
         layer.header = hdr
         self.composer.begin_layer(layer)
 

@@ -48,7 +48,7 @@ def xenserver_locators(name: str) -> tuple:
             (fmt.PLAT_W2RU, '.\\' + name))
 
 
-def _encode_locator(code: int, path: str) -> bytes:
+def encode_locator(code: int, path: str) -> bytes:
     if code == fmt.PLAT_MACX:
         return path.encode('utf-8')
     return path.encode('utf-16-le')
@@ -123,7 +123,7 @@ def write_dynamic(fobj, size: int, blocks, *, order=None,
     """
     order = sorted(blocks) if order is None else list(order)
     disk_type = fmt.DISK_DIFFERENCING if parent else fmt.DISK_DYNAMIC
-    locs = [(code, _encode_locator(code, path))
+    locs = [(code, encode_locator(code, path))
             for code, path in (parent.locators if parent else ())]
     lay = Layout(size, order, block_size, max_table_entries, batmap,
                  [d for _, d in locs], align)

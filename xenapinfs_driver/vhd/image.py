@@ -1,0 +1,311 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""A dynamic or differencing VHD file, opened for random access.
+
+Reading validates what the stream reader validates. Writing keeps the file
+a valid blktap VHD after every step: a new block is written at the end of
+the file, then the footer after it, and only then does the BAT point at
+it, so an interruption leaves at worst an unreferenced block. Sector
+bitmaps, the batmap and both footer copies are kept up to date.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import sys
+
+from xenapinfs_driver.vhd import errors
+from xenapinfs_driver.vhd import format as fmt
+from xenapinfs_driver.vhd import layer as layermod
+from xenapinfs_driver.vhd import writer
+
+ALIGN = writer.ALIGN
+
+
+def big_endian(values: array.array) -> bytes:
+    """An array of u32 as the file stores it."""
+    if sys.byteorder == 'big':
+        return values.tobytes()
+    swapped = array.array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+class VhdFile:
+    """Open with ``VhdFile(path)``; use as a context manager."""
+
+    def __init__(self, path: str, writable: bool = False,
+                 limits: layermod.Limits | None = None):
+        self.path = path
+        self.writable = writable
+        limits = limits or layermod.Limits()
+        try:
+            self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as exc:
+            raise errors.VhdError(exc.strerror, source=path) from None
+        try:
+            self._load(limits)
+        except errors.VhdError as exc:
+            os.close(self.fd)
+            raise exc.located(source=path)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> VhdFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    # -- reading -------------------------------------------------------------
+
+    def _pread(self, n: int, offset: int, what: str) -> bytes:
+        data = os.pread(self.fd, n, offset)
+        if len(data) != n:
+            raise errors.Truncated('file ends early (truncated?)',
+                                   field=what)
+        return data
+
+    def _load(self, limits) -> None:
+        self.file_size = os.fstat(self.fd).st_size
+        if self.file_size < fmt.FOOTER_SIZE:
+            raise errors.InvalidFooter('%d bytes is too small for a VHD'
+                                       % self.file_size, field='file size')
+        self.footer_offset = self.file_size - fmt.FOOTER_SIZE
+        raw = self._pread(fmt.FOOTER_SIZE, self.footer_offset, 'footer')
+        self.footer = fmt.Footer.from_bytes(raw)
+        layermod.check_footer(self.footer, raw, limits, 'footer')
+        self.header = None
+        if self.footer.disk_type == fmt.DISK_FIXED:
+            if self.footer.current_size != self.footer_offset:
+                raise errors.InvalidFooter(
+                    '%d, but the fixed disk holds %d bytes'
+                    % (self.footer.current_size, self.footer_offset),
+                    field='current size')
+            return
+        copy = self._pread(fmt.FOOTER_SIZE, 0, 'footer copy')
+        if copy != raw:
+            raise errors.InvalidFooter('differs from the copy at offset 0',
+                                       field='footer')
+        hraw = self._pread(fmt.HEADER_SIZE, self.footer.data_offset,
+                           'dynamic header')
+        self.header = fmt.DynamicHeader.from_bytes(hraw)
+        layermod.check_header(self.header, hraw, self.footer, limits,
+                              self.file_size)
+        entries = self.header.max_table_entries
+        self.bat = array.array('I', self._pread(
+            4 * entries, self.header.table_offset, 'BAT'))
+        if sys.byteorder == 'little':
+            self.bat.byteswap()
+        self.block_size = self.header.block_size
+        self.spb = self.block_size // fmt.SECTOR
+        self.bm_size = fmt.bitmap_size(self.block_size)
+        span = self.bm_size + self.block_size
+        for idx, entry in enumerate(self.bat):
+            if entry != fmt.BAT_UNUSED and \
+                    entry * fmt.SECTOR + span > self.footer_offset:
+                raise errors.InvalidTable(
+                    'block %d at offset %d runs past the end of the file'
+                    % (idx, entry * fmt.SECTOR), field='BAT entry %d' % idx)
+        self._load_batmap()
+
+    def _load_batmap(self) -> None:
+        """Find blktap's batmap, right after the BAT, if there is one."""
+        self.batmap_offset = None
+        if not layermod.footer_is_tap(self.footer):
+            return
+        at = self.table_end
+        if at + fmt.SECTOR > self.footer_offset:
+            return
+        raw = os.pread(self.fd, fmt.SECTOR, at)
+        cookie, map_offset, map_sectors, _, _ = fmt.BATMAP.unpack_from(raw)
+        if cookie != fmt.BATMAP_COOKIE:
+            return
+        size = map_sectors * fmt.SECTOR
+        if size * 8 < self.header.max_table_entries or \
+                map_offset + size > self.footer_offset:
+            return
+        self.batmap_offset = at
+        self.batmap_map_offset = map_offset
+        self.batmap = bytearray(os.pread(self.fd, size, map_offset))
+
+    @property
+    def table_end(self) -> int:
+        end = self.header.table_offset + 4 * self.header.max_table_entries
+        return end + (-end % fmt.SECTOR)
+
+    @property
+    def size(self) -> int:
+        return self.footer.current_size
+
+    @property
+    def nblocks(self) -> int:
+        return -(-self.size // self.block_size)
+
+    def allocated(self) -> list:
+        """Indices of the allocated blocks within the disk's size."""
+        return [i for i in range(min(self.nblocks, len(self.bat)))
+                if self.bat[i] != fmt.BAT_UNUSED]
+
+    def bitmap(self, idx: int) -> bytes | None:
+        entry = self.bat[idx]
+        if entry == fmt.BAT_UNUSED:
+            return None
+        return self._pread(self.bm_size, entry * fmt.SECTOR,
+                           'bitmap of block %d' % idx)
+
+    def mask(self, idx: int) -> int:
+        """The block's present sectors, sector 0 in the top bit."""
+        bm = self.bitmap(idx) if idx < len(self.bat) else None
+        if bm is None:
+            return 0
+        nbits = 8 * ((self.spb + 7) // 8)
+        mask = int.from_bytes(bm[:nbits // 8], 'big') >> (nbits - self.spb)
+        valid = min(self.spb, (self.size - idx * self.block_size)
+                    // fmt.SECTOR)
+        if valid < self.spb:
+            full = (1 << self.spb) - 1
+            mask &= full ^ ((1 << (self.spb - valid)) - 1)
+        return mask
+
+    def read_block(self, idx: int) -> bytes:
+        """The block's data area as stored (unset sectors undefined)."""
+        entry = self.bat[idx]
+        return self._pread(self.block_size,
+                           entry * fmt.SECTOR + self.bm_size,
+                           'block %d' % idx)
+
+    # -- writing -------------------------------------------------------------
+
+    def _need_writable(self) -> None:
+        if not self.writable:
+            raise AssertionError('opened read-only')
+
+    def _write_footers(self) -> None:
+        raw = self.footer.to_bytes()
+        os.pwrite(self.fd, raw, self.footer_offset)
+        os.pwrite(self.fd, raw, 0)
+
+    def _allocate(self, idx: int) -> int:
+        """Add an empty block at the end of the file; return its offset."""
+        start = self.footer_offset
+        data_at = start + self.bm_size
+        data_at += -data_at % ALIGN
+        bm_at = data_at - self.bm_size
+        new_footer = data_at + self.block_size
+        # The footer past the new block first (the file grows with zeros
+        # in between), then the old footer's place and the bitmap cleared,
+        # then the BAT entry: the file has a valid end at every step.
+        os.pwrite(self.fd, self.footer.to_bytes(), new_footer)
+        os.pwrite(self.fd, bytes(bm_at + self.bm_size - start), start)
+        self.footer_offset = new_footer
+        self.file_size = new_footer + fmt.FOOTER_SIZE
+        self.bat[idx] = bm_at // fmt.SECTOR
+        os.pwrite(self.fd, self.bat[idx].to_bytes(4, 'big'),
+                  self.header.table_offset + 4 * idx)
+        return bm_at
+
+    def write(self, offset: int, data, present: int | None = None) -> None:
+        """Write data at a disk offset (sector-aligned), marking it present.
+
+        :param present: for a single block, the mask of sectors of data to
+            write (sector 0 of the block in the top bit); None for all.
+        """
+        self._need_writable()
+        if offset % fmt.SECTOR or len(data) % fmt.SECTOR:
+            raise ValueError('writes must be whole sectors')
+        if offset + len(data) > self.size:
+            raise errors.TargetError(
+                'write of %d bytes at %d goes past the disk size %d'
+                % (len(data), offset, self.size), source=self.path,
+                field='current size')
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            idx, within = divmod(offset + pos, self.block_size)
+            n = min(len(view) - pos, self.block_size - within)
+            first = within // fmt.SECTOR
+            count = n // fmt.SECTOR
+            mask = (((1 << count) - 1) << (self.spb - first - count))
+            if present is not None:
+                mask &= present
+            self._write_in_block(idx, first, view[pos:pos + n], mask)
+            pos += n
+
+    def _write_in_block(self, idx, first, view, mask) -> None:
+        if not mask:
+            return
+        entry = self.bat[idx]
+        bm_at = self._allocate(idx) if entry == fmt.BAT_UNUSED \
+            else entry * fmt.SECTOR
+        data_at = bm_at + self.bm_size
+        bits = format(mask, '0%db' % self.spb)
+        s = first
+        count = len(view) // fmt.SECTOR
+        while s < first + count:
+            if bits[s] == '1':
+                e = bits.find('0', s)
+                e = first + count if e < 0 or e > first + count else e
+                rel = (s - first) * fmt.SECTOR
+                os.pwrite(self.fd, view[rel:(e - first) * fmt.SECTOR],
+                          data_at + s * fmt.SECTOR)
+                s = e
+            else:
+                s += 1
+        bm = bytearray(os.pread(self.fd, self.bm_size, bm_at))
+        nbits = 8 * ((self.spb + 7) // 8)
+        old = int.from_bytes(bm[:nbits // 8], 'big')
+        new = old | (mask << (nbits - self.spb))
+        if new != old:
+            bm[:nbits // 8] = new.to_bytes(nbits // 8, 'big')
+            os.pwrite(self.fd, bytes(bm), bm_at)
+            self._set_batmap(idx, new >> (nbits - self.spb)
+                             == (1 << self.spb) - 1)
+
+    def _set_batmap(self, idx: int, full: bool) -> None:
+        if self.batmap_offset is None:
+            return
+        byte, bit = divmod(idx, 8)
+        old = self.batmap[byte]
+        new = old | (0x80 >> bit) if full else old & ~(0x80 >> bit)
+        if new == old:
+            return
+        self.batmap[byte] = new
+        os.pwrite(self.fd, bytes([new]), self.batmap_map_offset + byte)
+        self._write_batmap_header()
+
+    def _write_batmap_header(self) -> None:
+        raw = bytearray(fmt.SECTOR)
+        fmt.BATMAP.pack_into(
+            raw, 0, fmt.BATMAP_COOKIE, self.batmap_map_offset,
+            len(self.batmap) // fmt.SECTOR, fmt.BATMAP_VERSION,
+            fmt.checksum(bytes(self.batmap) + b'\0\0\0\0', len(self.batmap)))
+        os.pwrite(self.fd, bytes(raw), self.batmap_offset)
+
+    def set_hidden(self, hidden: bool) -> None:
+        self._need_writable()
+        self.footer.hidden = 1 if hidden else 0
+        self._write_footers()
+
+    def write_header(self) -> None:
+        self._need_writable()
+        os.pwrite(self.fd, self.header.to_bytes(), self.footer.data_offset)
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
