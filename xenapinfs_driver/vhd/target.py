@@ -29,8 +29,16 @@ from xenapinfs_driver.vhd import errors
 
 
 class FileTarget:
+    """The output of a conversion.
+
+    :param in_place: write into an existing regular file instead of
+        replacing it (its inode, owner and links stay; on failure it is
+        left partly written, as with dd). Its old contents are zero-filled
+        over, and it is cut to the disk's size.
+    """
+
     def __init__(self, path: str, zero_fill: bool | None = None,
-                 fsync: bool = False):
+                 fsync: bool = False, in_place: bool = False):
         self.path = path
         self.fsync = fsync
         self.tmp = None
@@ -49,6 +57,9 @@ class FileTarget:
         elif st is not None and not stat.S_ISREG(st.st_mode):
             raise errors.TargetError('not a regular file or a block device',
                                      source=path)
+        elif st is not None and in_place:
+            self.fd = self._open(path, os.O_WRONLY)
+            self.fresh = st.st_size == 0
         else:
             if st is not None:
                 self.mode = stat.S_IMODE(st.st_mode)
@@ -102,8 +113,9 @@ class FileTarget:
             raise errors.TargetError(exc.strerror, source=self.path) from None
 
     def _commit(self, size: int) -> None:
-        if self.tmp is not None:
+        if self.device_size is None:
             os.ftruncate(self.fd, size)
+        if self.tmp is not None:
             if self.mode is None:
                 umask = os.umask(0)
                 os.umask(umask)

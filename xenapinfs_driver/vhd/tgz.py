@@ -209,18 +209,21 @@ def inspect(path: str, *, limits: Limits | None = None,
 
 
 def convert(path: str, dest: str, *, zero_fill: bool | None = None,
-            fsync: bool = False, limits: Limits | None = None,
+            fsync: bool = False, in_place: bool = False,
+            limits: Limits | None = None,
             check_parents: bool = True, zlib_name: str | None = None,
             progress=None) -> Result:
     """Write the disk a XenServer image (or VHD) holds to dest, raw.
 
     :param zero_fill: write zeros where no layer has data. Default: only
-        when dest is a block device, whose old contents would show through.
+        when dest is written in place (a block device, or an existing file
+        with in_place), where old contents would show through.
+    :param in_place: write into an existing dest rather than replace it.
     :param progress: called as progress(consumed, total) while reading.
     """
     limits = limits or Limits()
     _refuse_same_file(path, dest)
-    target = targetmod.FileTarget(dest, zero_fill, fsync)
+    target = targetmod.FileTarget(dest, zero_fill, fsync, in_place)
     composer = compose.Composer(target, fresh=target.fresh
                                 and not target.zero_fill,
                                 mask_budget=limits.max_mask_memory)

@@ -16,6 +16,8 @@ import hashlib
 import io
 import os
 import random
+import shutil
+import subprocess
 import tarfile
 
 import pytest
@@ -287,25 +289,61 @@ def test_zero_fill_writes_every_hole(tmp_path, explicit):
     del result
 
 
-def test_zero_fill_over_old_contents_in_place(tmp_path):
-    # The same path as for a block device: in place, old data overwritten.
+@pytest.mark.parametrize('old_size', [5 * MiB, MiB])
+def test_in_place_zero_fills_over_old_contents(tmp_path, old_size):
     spec = vf.LayerSpec(4 * MiB, {1: ({0}, b'\x09' * vf.BS)})
     src = tmp_path / 'img.tgz'
     vf.xenserver_tgz(src, vf.build_chain([spec]))
     dev = tmp_path / 'dev'
-    dev.write_bytes(b'\xee' * (5 * MiB))
-    target = cv.targetmod.FileTarget(str(dev))
-    target.tmp = None                       # pretend: write in place
-    os.close(target.fd)
-    target.fd = os.open(dev, os.O_WRONLY)
-    target.device_size, target.fresh, target.zero_fill = 5 * MiB, False, True
-    composer = cv.compose.Composer(target, fresh=False)
-    result = cv._run(str(src), composer, cv.Limits(), True, None)
-    composer.zero_fill(result.virtual_size)
-    target.commit(result.virtual_size)
-    data = dev.read_bytes()
+    dev.write_bytes(b'\xee' * old_size)
+    os.link(dev, tmp_path / 'other-name')
+    result = cv.convert(str(src), str(dev), in_place=True)
+    assert dev.read_bytes() == vf.expected_disk([spec])
+    # The same file, written through: its other name sees the disk too.
+    assert (tmp_path / 'other-name').read_bytes() == dev.read_bytes()
+    assert result.bytes_written == 512
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A real block device: a loop device over a file of 0xEE bytes."""
+    backing = tmp_path / 'backing'
+    backing.write_bytes(b'\xee' * (6 * MiB))
+    if shutil.which('losetup') is None:
+        pytest.skip('losetup not found')
+    proc = subprocess.run(['losetup', '-f', '--show', str(backing)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip('cannot attach a loop device: %s' % proc.stderr.strip())
+    dev = proc.stdout.strip()
+    try:
+        yield dev, backing
+    finally:
+        subprocess.run(['losetup', '-d', dev], check=True)
+
+
+def test_block_device_is_written_in_place_and_zero_filled(tmp_path,
+                                                          loop_device):
+    dev, backing = loop_device
+    spec = vf.LayerSpec(4 * MiB, {1: ({3, 4}, b'\x01' * vf.BS)})
+    src = tmp_path / 'img.tgz'
+    vf.xenserver_tgz(src, vf.build_chain([spec]))
+    cv.convert(str(src), dev)
+    with open(dev, 'rb') as f:
+        data = f.read()
     assert data[:4 * MiB] == vf.expected_disk([spec])
-    assert data[4 * MiB:] == b'\xee' * MiB     # beyond the disk: untouched
+    assert data[4 * MiB:] == b'\xee' * (2 * MiB)   # past the disk: kept
+    del backing
+
+
+def test_block_device_too_small_is_refused(tmp_path, loop_device):
+    dev, _ = loop_device
+    spec = vf.LayerSpec(8 * MiB, {0: (None, b'\x01' * vf.BS)})
+    src = tmp_path / 'img.tgz'
+    vf.xenserver_tgz(src, vf.build_chain([spec]))
+    with pytest.raises(errors.TargetError) as info:
+        cv.convert(str(src), dev)
+    assert 'the device holds %d bytes' % (6 * MiB) in str(info.value)
 
 
 def test_existing_output_is_replaced_only_on_success(tmp_path, chain):
