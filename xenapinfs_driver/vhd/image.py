@@ -58,6 +58,10 @@ class VhdFile:
         except errors.VhdError as exc:
             os.close(self.fd)
             raise exc.located(source=path)
+        except OSError as exc:
+            os.close(self.fd)
+            raise errors.VhdError(exc.strerror or str(exc),
+                                  source=path) from None
         except BaseException:
             os.close(self.fd)
             raise
@@ -99,6 +103,11 @@ class VhdFile:
                     % (self.footer.current_size, self.footer_offset),
                     field='current size')
             return
+        if self.footer.data_offset > self.footer_offset - fmt.HEADER_SIZE \
+                or self.footer.data_offset < fmt.FOOTER_SIZE:
+            raise errors.InvalidFooter('%d does not point inside the file'
+                                       % self.footer.data_offset,
+                                       field='data offset')
         copy = self._pread(fmt.FOOTER_SIZE, 0, 'footer copy')
         if copy != raw:
             raise errors.InvalidFooter('differs from the copy at offset 0',
@@ -195,12 +204,13 @@ class VhdFile:
 
     def _need_writable(self) -> None:
         if not self.writable:
-            raise AssertionError('opened read-only')
+            raise errors.TargetError('opened read-only', source=self.path)
 
     def _write_footers(self) -> None:
         raw = self.footer.to_bytes()
         os.pwrite(self.fd, raw, self.footer_offset)
-        os.pwrite(self.fd, raw, 0)
+        if self.header is not None:     # a fixed disk has data at 0
+            os.pwrite(self.fd, raw, 0)
 
     def _allocate(self, idx: int) -> int:
         """Add an empty block at the end of the file; return its offset."""
@@ -228,8 +238,8 @@ class VhdFile:
             write (sector 0 of the block in the top bit); None for all.
         """
         self._need_writable()
-        if offset % fmt.SECTOR or len(data) % fmt.SECTOR:
-            raise ValueError('writes must be whole sectors')
+        if offset % fmt.SECTOR or len(data) % fmt.SECTOR or offset < 0:
+            raise ValueError('writes must be whole sectors in the disk')
         if offset + len(data) > self.size:
             raise errors.TargetError(
                 'write of %d bytes at %d goes past the disk size %d'

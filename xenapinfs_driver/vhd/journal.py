@@ -40,17 +40,32 @@ class Journal:
     def __init__(self, path: str, fd: int):
         self.path = path
         self.fd = fd
-        try:
-            self.jfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                               0o600)
-        except FileExistsError:
-            raise errors.TargetError(
-                'a journal is already there: an earlier edit was '
-                'interrupted; revert it first', source=path) from None
         size = os.fstat(fd).st_size
         head = HEAD.pack(MAGIC, size, zlib.crc32(MAGIC + size.to_bytes(
             8, 'big')))
-        os.write(self.jfd, head)
+        # The header is made durable under another name and then linked
+        # in, so a journal that exists always has a whole header.
+        tmp = '%s.%d.new' % (path, os.getpid())
+        try:
+            self.jfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                               0o600)
+        except OSError as exc:
+            raise errors.TargetError('cannot create the journal: %s'
+                                     % exc.strerror, source=path) from None
+        try:
+            os.write(self.jfd, head)
+            os.fsync(self.jfd)
+            os.link(tmp, path)
+        except FileExistsError:
+            os.close(self.jfd)
+            raise errors.TargetError(
+                'a journal is already there: an earlier edit was '
+                'interrupted; revert it first', source=path) from None
+        except BaseException:
+            os.close(self.jfd)
+            raise
+        finally:
+            os.unlink(tmp)
         self.size = size
         self.saved: list = []
 
@@ -85,8 +100,11 @@ class Journal:
 
 def revert(path: str, journal_path: str) -> int:
     """Undo an interrupted edit of path; return the records applied."""
-    with open(journal_path, 'rb') as j:
-        data = j.read()
+    try:
+        with open(journal_path, 'rb') as j:
+            data = j.read()
+    except OSError as exc:
+        raise errors.VhdError(exc.strerror, source=journal_path) from None
     if len(data) < HEAD.size:
         raise errors.VhdError('too short to be a journal',
                               source=journal_path)
@@ -105,7 +123,10 @@ def revert(path: str, journal_path: str) -> int:
             break
         records.append((offset, old))
         pos += RECORD.size + length
-    fd = os.open(path, os.O_WRONLY)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        raise errors.VhdError(exc.strerror, source=path) from None
     try:
         for offset, old in reversed(records):
             os.pwrite(fd, old, offset)

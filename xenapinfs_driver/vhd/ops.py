@@ -27,6 +27,7 @@ from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import image
 from xenapinfs_driver.vhd import journal as journalmod
+from xenapinfs_driver.vhd import layer as layermod
 from xenapinfs_driver.vhd import writer
 
 VhdFile = image.VhdFile
@@ -41,8 +42,13 @@ def _atomic_write(path: str, fill) -> None:
     if os.path.lexists(path):
         raise errors.TargetError('already exists', source=path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix='.part',
-                               prefix='.%s.' % os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix='.part',
+                                   prefix='.%s.' % os.path.basename(path))
+    except OSError as exc:
+        raise errors.TargetError('cannot create a file in %s: %s'
+                                 % (directory, exc.strerror),
+                                 source=path) from None
     try:
         with os.fdopen(fd, 'wb') as f:
             fill(f)
@@ -65,29 +71,96 @@ def parent_ref(parent_path: str, child_path: str) -> writer.Parent:
                          writer.xenserver_locators(rel))
 
 
+def _check_size(path: str, size: int) -> None:
+    limit = layermod.Limits().max_size
+    if size <= 0 or size % fmt.SECTOR or size > limit:
+        raise errors.VhdError('%d is not a positive multiple of 512 of at '
+                              'most %d' % (size, limit), source=path,
+                              field='size')
+
+
 def create(path: str, size: int, *, parent: str | None = None,
            max_table_entries: int | None = None,
-           block_size: int = writer.DEFAULT_BLOCK) -> None:
-    """A new empty dynamic VHD, or a differencing child of parent."""
-    if size % fmt.SECTOR:
-        raise errors.VhdError('%d is not a multiple of 512' % size,
-                              source=path, field='size')
-    ref = parent_ref(parent, path) if parent else None
+           block_size: int | None = None) -> None:
+    """A new empty dynamic VHD, or a differencing child of parent.
+
+    A child takes its parent's block size; max_table_entries larger than
+    the size needs preallocates the BAT (LVM SR style), so that later
+    growth up to it only rewrites the footers.
+    """
+    _check_size(path, size)
+    ref = None
+    if parent:
+        ref = parent_ref(parent, path)
+        with VhdFile(parent) as par:
+            parent_bs = par.block_size if par.header else None
+        if block_size is None:
+            block_size = parent_bs
+        elif parent_bs is not None and block_size != parent_bs:
+            raise errors.ChainError('%d differs from the parent\'s %d'
+                                    % (block_size, parent_bs), source=path,
+                                    field='block size')
+    block_size = block_size or writer.DEFAULT_BLOCK
+    if block_size < layermod.MIN_BLOCK or block_size > layermod.MAX_BLOCK \
+            or block_size & (block_size - 1):
+        raise errors.VhdError('%d is not a power of two between %d and %d'
+                              % (block_size, layermod.MIN_BLOCK,
+                                 layermod.MAX_BLOCK), source=path,
+                              field='block size')
+    needed = -(-size // block_size)
+    if max_table_entries is not None and not (
+            needed <= max_table_entries
+            <= layermod.Limits().max_table_entries):
+        raise errors.VhdError('%d cannot map %d blocks (or exceeds %d)'
+                              % (max_table_entries, needed,
+                                 layermod.Limits().max_table_entries),
+                              source=path, field='max table entries')
     _atomic_write(path, lambda f: writer.write_dynamic(
         f, size, {}, parent=ref, block_size=block_size,
         max_table_entries=max_table_entries))
 
 
-def snapshot(child: str, parent: str, size: int | None = None) -> None:
-    """A new differencing child of parent (``vhd-util snapshot``)."""
+def snapshot(child: str, parent: str, size: int | None = None, *,
+             max_table_entries: int | None = None,
+             hide_parent: bool = True) -> None:
+    """A new differencing child of parent (``vhd-util snapshot``).
+
+    The parent becomes hidden, as a file SR marks every non-leaf VHD
+    (vhd-util leaves that to its caller; here it is the default).
+    """
+    if os.path.abspath(child) == os.path.abspath(parent):
+        raise errors.ChainError('a disk cannot be its own parent',
+                                source=child, field='parent')
+    parent_size = get_size(parent)
     if size is None:
-        size = get_size(parent)
-    elif size < get_size(parent):
+        size = parent_size
+    elif size < parent_size:
         raise errors.ChainError('%d is smaller than the parent' % size,
                                 source=child, field='size')
+    _check_size(child, size)
+    if os.path.lexists(child):
+        raise errors.TargetError('already exists', source=child)
     with VhdFile(parent) as par:
-        block_size = par.block_size if par.header else writer.DEFAULT_BLOCK
-    create(child, size, parent=parent, block_size=block_size)
+        was_hidden = bool(par.footer.hidden)
+    if hide_parent:
+        # Before the child records the parent's time stamp: this write
+        # changes it.
+        set_hidden(parent, True)
+    try:
+        create(child, size, parent=parent,
+               max_table_entries=max_table_entries)
+    except BaseException:
+        if hide_parent and not was_hidden:
+            set_hidden(parent, False)
+        raise
+
+
+def set_hidden(path: str, hidden: bool) -> None:
+    """Set blktap's hidden flag (``vhd-util set -f hidden``)."""
+    with VhdFile(path, writable=True) as vhd:
+        if bool(vhd.footer.hidden) != hidden:
+            vhd.set_hidden(hidden)
+            vhd.flush()
 
 
 def get_size(path: str) -> int:
@@ -145,6 +218,9 @@ def set_parent(child: str, parent: str) -> None:
     Sets the parent unique id, time stamp and name, and rewrites the
     existing locators in place with the parent's path relative to child.
     """
+    if os.path.abspath(child) == os.path.abspath(parent):
+        raise errors.ChainError('a disk cannot be its own parent',
+                                source=child, field='parent')
     ref = parent_ref(parent, child)
     new = dict(ref.locators)
     with VhdFile(child, writable=True) as vhd:
@@ -163,10 +239,10 @@ def set_parent(child: str, parent: str) -> None:
                 raise errors.VhdError(
                     'the parent path does not fit in %d bytes' % space,
                     source=child, field='parent locator %d' % i)
-            updates.append((loc, data.ljust(space, b'\0')))
+            updates.append((loc, data))
         for loc, data in updates:
-            os.pwrite(vhd.fd, data, loc.data_offset)
-            loc.data_length = len(data.rstrip(b'\0'))
+            os.pwrite(vhd.fd, data.ljust(space, b'\0'), loc.data_offset)
+            loc.data_length = len(data)
         hdr.parent_unique_id = ref.unique_id
         hdr.parent_timestamp = ref.timestamp
         hdr.parent_name_raw = ref.name.encode('utf-16-be').ljust(
@@ -184,9 +260,11 @@ def resize(path: str, size: int, journal: str | None = None) -> None:
     first saved to the journal, so an interrupted resize can be reverted;
     without a journal only the footer-only case is allowed (``-f``).
     """
-    if size % fmt.SECTOR:
-        raise errors.VhdError('%d is not a multiple of 512' % size,
-                              source=path, field='size')
+    _check_size(path, size)
+    if journal and os.path.lexists(journal):
+        raise errors.TargetError('a journal is already there: an earlier '
+                                 'edit was interrupted; revert it first',
+                                 source=journal)
     with VhdFile(path, writable=True) as vhd:
         if vhd.header is None:
             raise errors.VhdError('cannot resize a fixed disk', source=path,
@@ -205,14 +283,22 @@ def resize(path: str, size: int, journal: str | None = None) -> None:
                 'the BAT holds %d entries, %d are needed: growing it needs '
                 'a journal' % (vhd.header.max_table_entries, needed),
                 source=path, field='max table entries')
+        stale = _stale_tail(vhd)
         jrn = journalmod.Journal(journal, vhd.fd) if journal else None
         try:
+            if jrn and stale:
+                jrn.save(stale[0], vhd.bm_size)
+                if vhd.batmap_offset is not None:
+                    jrn.save(vhd.batmap_offset, fmt.SECTOR)
+                    jrn.save(vhd.batmap_map_offset, len(vhd.batmap))
             if grow:
                 _grow_table(vhd, needed, jrn)
             elif jrn:
                 jrn.save(0, fmt.FOOTER_SIZE)
                 jrn.save(vhd.footer_offset, fmt.FOOTER_SIZE)
                 jrn.seal()
+            if stale:
+                _clear_tail(vhd, *stale)
             _set_size(vhd, size)
             vhd._write_footers()
         except BaseException:
@@ -224,6 +310,35 @@ def resize(path: str, size: int, journal: str | None = None) -> None:
             jrn.finish()
         else:
             vhd.flush()
+
+
+def _stale_tail(vhd):
+    """The last block's bitmap offset and index, if it has bits set past
+    the disk's end: growing the disk would make their old bytes appear.
+    """
+    if vhd.size % vhd.block_size == 0:
+        return None
+    idx = vhd.size // vhd.block_size
+    if idx >= len(vhd.bat) or vhd.bat[idx] == fmt.BAT_UNUSED:
+        return None
+    bm = vhd.bitmap(idx)
+    keep = (vhd.size - idx * vhd.block_size) // fmt.SECTOR
+    nbits = 8 * ((vhd.spb + 7) // 8)
+    bits = int.from_bytes(bm[:nbits // 8], 'big')
+    if not bits & ((1 << (nbits - keep)) - 1):
+        return None
+    return vhd.bat[idx] * fmt.SECTOR, idx
+
+
+def _clear_tail(vhd, bm_at: int, idx: int) -> None:
+    bm = bytearray(vhd.bitmap(idx))
+    keep = (vhd.size - idx * vhd.block_size) // fmt.SECTOR
+    nbits = 8 * ((vhd.spb + 7) // 8)
+    bits = int.from_bytes(bm[:nbits // 8], 'big')
+    bits &= ~((1 << (nbits - keep)) - 1)
+    bm[:nbits // 8] = bits.to_bytes(nbits // 8, 'big')
+    os.pwrite(vhd.fd, bytes(bm), vhd.bat[idx] * fmt.SECTOR)
+    vhd._set_batmap(idx, False)
 
 
 def _set_size(vhd, size: int) -> None:
@@ -264,8 +379,9 @@ def _grow_table(vhd, needed: int, jrn) -> None:
     jrn.save(vhd.footer_offset, fmt.FOOTER_SIZE)
     jrn.seal()
 
-    # 1. The blocks in the way, copied to the end; then a footer after.
-    end = vhd.footer_offset
+    # 1. The blocks in the way, copied to the end (past the new metadata
+    # too, when it reaches beyond the old end); then a footer after.
+    end = max(vhd.footer_offset, meta_end)
     for old, idx in moving:
         data_at = _pad(end + vhd.bm_size, image.ALIGN)
         new = data_at - vhd.bm_size
@@ -303,14 +419,21 @@ def coalesce(child: str, parent: str | None = None) -> int:
                                 field='disk type')
     copied = 0
     with VhdFile(child) as kid, VhdFile(parent, writable=True) as par:
+        if kid.footer.disk_type != fmt.DISK_DIFFERENCING:
+            raise errors.ChainError('not a differencing disk', source=child,
+                                    field='disk type')
         if par.header is None:
             raise errors.ChainError('the parent is a fixed disk',
                                     source=parent, field='disk type')
+        _check_link(kid, par)
         if kid.block_size != par.block_size:
             raise errors.ChainError('block size %d differs from the '
                                     'parent\'s %d' % (kid.block_size,
                                                       par.block_size),
                                     source=child, field='block size')
+        # Every check before the first write: a refused coalesce leaves
+        # the parent as it was.
+        work = []
         for idx in kid.allocated():
             mask = kid.mask(idx)
             if not mask:
@@ -322,6 +445,9 @@ def coalesce(child: str, parent: str | None = None) -> int:
                     'block %d reaches %d, past the parent\'s size %d: '
                     'resize the parent first' % (idx, last, par.size),
                     source=child, field='current size')
+            work.append((idx, mask))
+        for idx, mask in work:
+            base = idx * kid.block_size
             data = kid.read_block(idx)
             valid = min(kid.block_size, par.size - base)
             shift = (kid.block_size - valid) // fmt.SECTOR
@@ -329,6 +455,15 @@ def coalesce(child: str, parent: str | None = None) -> int:
             copied += mask.bit_count()
         par.flush()
     return copied
+
+
+def _check_link(kid, par) -> None:
+    """The parent must be the one the child was made from."""
+    if kid.header.parent_unique_id != par.footer.unique_id:
+        raise errors.ChainError(
+            '%s is not the unique id %s of %s' % (
+                kid.header.parent_uuid, par.footer.uuid, par.path),
+            source=kid.path, field='parent unique id')
 
 
 def _trailing_zeros(mask: int) -> int:
@@ -420,8 +555,19 @@ class _ChainBlocks:
 def flatten(top: str, dest: str, chain: list | None = None) -> None:
     """Copy a chain into one new dynamic VHD (``vhd-util copy``-like)."""
     paths = chain or chain_of(top)
-    files = [VhdFile(p) for p in paths]
+    files = []
     try:
+        for p in paths:
+            files.append(VhdFile(p))
+        for kid, par in zip(files, files[1:]):
+            _check_link(kid, par)
+            if par.header is None or kid.block_size != par.block_size:
+                raise errors.ChainError(
+                    'layers of different kinds or block sizes',
+                    source=par.path, field='block size')
+        if files[0].header is None:
+            raise errors.ChainError('a fixed disk is flat already',
+                                    source=top, field='disk type')
         blocks = _ChainBlocks(files)
         _atomic_write(dest, lambda f: writer.write_dynamic(
             f, files[0].size, blocks, order=blocks.keys,

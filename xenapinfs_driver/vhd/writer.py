@@ -150,6 +150,9 @@ def write_dynamic(fobj, size: int, blocks, *, order=None,
         bytes([(0xFF << (8 - spb % 8)) & 0xFF]) if spb % 8 else b'')
     ).ljust(lay.bitmap_size, b'\0')
     for idx in order:
+        if not 0 <= idx < lay.entries:
+            raise ValueError('block %d is outside the BAT of %d entries'
+                             % (idx, lay.entries))
         bat[4 * idx:4 * idx + 4] = (lay.offsets[idx] // fmt.SECTOR).to_bytes(
             4, 'big')
         bitmap = blocks[idx][0]
