@@ -564,3 +564,126 @@ def test_progress_not_a_terminal(tmp_path, options, drawn):
         assert err.startswith(b'\r') and err.endswith(b'\x1b[K\r\x1b[K')
     else:
         assert err == b''
+
+
+# -- pack: a raw disk to a XenServer image -----------------------------------
+
+def raw_disk(path, size, seed):
+    """A sparse raw disk: random blocks, one-byte blocks, written zeros."""
+    rnd = random.Random(seed)
+    disk = bytearray(size)
+    with open(path, 'wb') as f:
+        f.truncate(size)
+        for idx in range(-(-size // BS)):
+            at = idx * BS
+            room = min(BS, size - at)
+            kind = rnd.randrange(4)
+            if kind == 0:
+                data = rnd.randbytes(room)
+            elif kind == 1:
+                at += rnd.randrange(room)
+                data = b'\x5a'
+            elif kind == 2:
+                data = bytes(room)
+            else:
+                continue
+            os.pwrite(f.fileno(), data, at)
+            disk[at:at + len(data)] = data
+    return bytes(disk)
+
+
+def stored_blocks(disk):
+    return sum(1 for at in range(0, len(disk), BS)
+               if disk[at:at + BS].strip(b'\0'))
+
+
+@pytest.mark.parametrize('size', [12 * MiB, 9 * MiB + 5 * SECTOR])
+def test_pack_then_convert_as_processes(tmp_path, size):
+    src = tmp_path / 'disk.raw'
+    disk = raw_disk(src, size, size)
+    before = src.read_bytes()
+    image = tmp_path / 'image.tgz'
+    assert ok(cli('pack', src, image)) == ''
+    assert src.read_bytes() == before
+    assert mismatch(convert(tmp_path, image), disk) is None
+    doc = info_json(image)
+    assert doc['container'] == 'tgz'
+    assert doc['virtual_size'] == size
+    assert doc['warnings'] == []
+    [layer] = doc['layers']
+    assert layer['name'] == '0.vhd'
+    assert (layer['type'], layer['creator'], layer['creator_version'],
+            layer['hidden'], layer['batmap']) == (
+                'dynamic', 'tap', '1.3', False, 'valid')
+    assert layer['allocated_blocks'] == stored_blocks(disk)
+    assert ok(cli('check', image)).startswith('%s: valid, 1 layer' % image)
+    assert sorted(os.listdir(tmp_path)) == ['disk.raw', 'image.tgz',
+                                            'out.raw']
+
+
+@needs_qemu
+def test_pack_read_back_by_tar_and_qemu(tmp_path):
+    # GNU tar extracts 0.vhd and qemu-img reads it: neither is ours.
+    size = 10 * MiB + 3 * SECTOR
+    src = tmp_path / 'disk.raw'
+    disk = raw_disk(src, size, 51)
+    image = tmp_path / 'image.tgz'
+    ok(cli('pack', '--level', '6', src, image))
+    listing = subprocess.run(['tar', '-tvzf', str(image)], check=True,
+                             stdout=subprocess.PIPE, timeout=60).stdout
+    assert listing.decode().split()[-1] == '0.vhd'
+    assert len(listing.splitlines()) == 1
+    extracted = tmp_path / 'x'
+    extracted.mkdir()
+    subprocess.run(['tar', '-xzf', str(image), '-C', str(extracted)],
+                   check=True, timeout=60)
+    assert os.listdir(extracted) == ['0.vhd']
+    vhd = extracted / '0.vhd'
+    assert mismatch(qemu_convert(tmp_path, vhd), disk) is None
+    assert qemu_virtual_size(vhd) == size
+
+
+@needs_qemu
+def test_pack_bare_vhd_read_by_qemu(tmp_path):
+    size = 14 * MiB
+    src = tmp_path / 'disk.raw'
+    disk = raw_disk(src, size, 52)
+    vhd = tmp_path / 'disk.vhd'
+    ok(cli('pack', '--vhd', src, vhd))
+    assert mismatch(qemu_convert(tmp_path, vhd), disk) is None
+    assert qemu_virtual_size(vhd) == size
+    assert mismatch(convert(tmp_path, vhd), disk) is None
+    assert info_json(vhd)['layers'][0]['allocated_blocks'] == \
+        stored_blocks(disk)
+
+
+@needs_libvhdi
+def test_pack_bare_vhd_read_by_libvhdi(tmp_path):
+    size = 8 * MiB
+    src = tmp_path / 'disk.raw'
+    disk = raw_disk(src, size, 53)
+    vhd = tmp_path / 'disk.vhd'
+    ok(cli('pack', '--vhd', src, vhd))
+    assert mismatch(libvhdi_read([vhd], size, piece=MiB), disk) is None
+
+
+def test_pack_errors_as_a_process(tmp_path):
+    src = tmp_path / 'disk.raw'
+    raw_disk(src, 4 * MiB, 54)
+    before = src.read_bytes()
+    failed(cli('pack', tmp_path / 'none.raw', tmp_path / 'x.tgz'),
+           str(tmp_path / 'none.raw'), 'No such file')
+    failed(cli('pack', src, src), str(src), 'is the input file')
+    failed(cli('pack', '-', tmp_path / 'x.tgz', input=before),
+           'standard input')
+    failed(cli('pack', tmp_path, tmp_path / 'x.tgz'), 'is a directory')
+    failed(cli('pack', src, tmp_path / 'no' / 'x.tgz'), 'cannot create')
+    assert src.read_bytes() == before
+    assert os.listdir(tmp_path) == ['disk.raw']
+    for argv in (['--level', '0'], ['--level', '10'],
+                 ['--vhd', '--level', '1']):
+        proc = cli('pack', *argv, src, tmp_path / 'x.tgz')
+        assert proc.returncode == 2
+        assert b'usage: xenapinfs-vhd pack' in proc.stderr
+    assert ok(cli('pack', '--help')).startswith('usage: xenapinfs-vhd pack')
+    assert os.listdir(tmp_path) == ['disk.raw']

@@ -27,6 +27,7 @@ import time
 from xenapinfs_driver.vhd import tgz as convertmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
+from xenapinfs_driver.vhd import pack as packmod
 
 _p = errors.printable
 
@@ -34,8 +35,9 @@ PROG = 'xenapinfs-vhd'
 
 DESCRIPTION = """\
 Turn a XenServer image (a tar.gz of a VHD chain 0.vhd .. n.vhd) or a VHD
-file into a raw disk in one pass, and inspect or check one. Inputs are read
-once and never modified; parent locators are never followed.
+file into a raw disk in one pass, and inspect or check one; pack a raw disk
+into a XenServer image. Inputs are never modified; parent locators are
+never followed.
 """
 
 EPILOG = """\
@@ -45,6 +47,8 @@ examples:
   %(prog)s convert base.vhd /dev/sdX       a VHD onto a block device
   %(prog)s info --json image.tgz           layers, sizes, allocation
   %(prog)s check image.tgz && echo valid
+  %(prog)s pack disk.raw image.tgz         a raw disk to a XenServer image
+  %(prog)s pack --vhd disk.raw disk.vhd    the same as a bare dynamic VHD
 
 exit status: 0 success, 1 invalid input or output error, 2 usage error,
 130 interrupted.
@@ -118,6 +122,13 @@ class Progress:
             self.stream.flush()
 
 
+def _level(text: str) -> int:
+    value = _positive(text)
+    if value > 9:
+        raise argparse.ArgumentTypeError('must be 1 to 9')
+    return value
+
+
 def _limits(args) -> convertmod.Limits:
     return convertmod.Limits(max_depth=args.max_depth,
                              max_size=args.max_size)
@@ -161,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('dst', metavar='DST')
     p.add_argument('--zero-fill', action='store_true', default=None,
                    help='write zeros where no layer has data instead of '
-                        'leaving holes (automatic for block devices)')
+                        'leaving holes (automatic when writing in place)')
+    p.add_argument('--in-place', action='store_true',
+                   help='write into an existing DST file instead of '
+                        'replacing it (keeps its inode, owner and other '
+                        'names; zero-fills over its old contents; left '
+                        'partly written if the conversion fails)')
     p.add_argument('--fsync', action='store_true',
                    help='flush the output to stable storage before '
                         'returning')
@@ -184,6 +200,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', '-q', action='store_true',
                    help='print nothing, only set the exit status')
     _add_common(p)
+
+    p = sub.add_parser(
+        'pack', help='write a raw disk as a XenServer image',
+        description='Write the raw disk SRC (a file or a block device) to '
+        'DST as a XenServer image: a tar.gz holding 0.vhd, a dynamic VHD '
+        'as XenServer writes it (creator tap 1.3), in which only the 2 MiB '
+        'blocks holding a non-zero byte are stored. The VHD has the size '
+        'of SRC, rounded up to a multiple of 512 bytes with zeros if it is '
+        'not one. SRC is read twice (once to find its data, skipping the '
+        'holes of a sparse file, once to write it) and never modified; '
+        'standard input cannot be used. DST is written under a temporary '
+        'name and renamed at the end. convert turns DST back into SRC.')
+    p.add_argument('src', metavar='SRC')
+    p.add_argument('dst', metavar='DST')
+    # The level is gzip's: there is none without the tar.gz.
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument('--vhd', action='store_true',
+                       help='write the dynamic VHD itself, not a tar.gz of '
+                            'it')
+    shape.add_argument('--level', type=_level, default=None,
+                       help='gzip level, 1 (fastest, the default) to 9; '
+                            'isal, used when installed, stops at 3, so '
+                            'higher levels use zlib-ng or zlib')
+    p.add_argument('--max-size', type=_size, default=packmod.MAX_SIZE,
+                   help='refuse disks larger than this, e.g. 4T '
+                        '(default: 2T, as convert)')
+    p.add_argument('--progress', dest='progress', action='store_true',
+                   default=None, help='show progress even when stderr is '
+                                      'not a terminal')
+    p.add_argument('--no-progress', dest='progress', action='store_false',
+                   help='never show progress')
     return parser
 
 
@@ -269,13 +316,20 @@ def main(argv=None) -> int:
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = Progress(sys.stderr, show and not getattr(args, 'quiet',
                                                          False))
-    common = dict(limits=_limits(args),
-                  check_parents=not args.ignore_parent_ids,
-                  progress=progress)
     try:
+        if args.command == 'pack':
+            packmod.pack(args.src, args.dst, vhd_only=args.vhd,
+                         level=args.level, max_size=args.max_size,
+                         progress=progress)
+            progress.done()
+            return 0
+        common = dict(limits=_limits(args),
+                      check_parents=not args.ignore_parent_ids,
+                      progress=progress)
         if args.command == 'convert':
             result = convertmod.convert(args.src, args.dst,
                                         zero_fill=args.zero_fill,
+                                        in_place=args.in_place,
                                         fsync=args.fsync, **common)
             progress.done()
             for w in result.warnings:
