@@ -39,6 +39,7 @@ demo: system-deps venv
 
 bench: system-deps venv
 	$(BIN)/python bench/bench_convert.py $(ARGS)
+	$(BIN)/python bench/bench_pack.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info build dist

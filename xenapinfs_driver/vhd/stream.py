@@ -34,7 +34,7 @@ MAP_WINDOW = 16 << 20
 GZIP_MAGIC = b'\x1f\x8b'
 
 
-def _pick_zlib(name: str | None = None):
+def pick_zlib(name: str | None = None):
     """The fastest inflater installed: isal, then zlib-ng, then zlib."""
     wanted = name or os.environ.get('XENAPINFS_VHD_ZLIB', '')
     candidates = [wanted] if wanted else ['isal', 'zlib-ng', 'zlib']
@@ -136,7 +136,7 @@ class Inflater:
     def __init__(self, raw: RawReader, name: str, zlib_name=None):
         self.raw = raw
         self.name = name
-        self.impl, self._zlib = _pick_zlib(zlib_name)
+        self.impl, self._zlib = pick_zlib(zlib_name)
         raw.map()
         self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()

@@ -86,6 +86,7 @@ class Layout:
 
     def __init__(self, size, order, block_size, max_table_entries,
                  batmap, locators, align):
+        span = fmt.bitmap_size(block_size) + block_size
         self.block_size = block_size
         self.entries = max_table_entries or -(-size // block_size)
         self.bitmap_size = fmt.bitmap_size(block_size)
@@ -100,12 +101,18 @@ class Layout:
         for data in locators:
             self.locator_offsets.append(pos)
             pos += _pad(len(data))
-        self.offsets = {}
-        for idx in order:
-            data_at = _pad(pos + self.bitmap_size, align)
-            self.offsets[idx] = data_at - self.bitmap_size
-            pos = data_at + block_size
-        self.footer_offset = pos
+        # Block data starts on an align boundary, so consecutive blocks
+        # are a constant stride apart: no per-block table is kept, and a
+        # layout of a million blocks costs nothing.
+        self.count = len(order)
+        self.first_data = _pad(pos + self.bitmap_size, align)
+        self.stride = _pad(block_size + self.bitmap_size, align)
+        self.footer_offset = (self.offset_of(self.count - 1) + span
+                              if self.count else pos)
+
+    def offset_of(self, k: int) -> int:
+        """Where the k-th block in physical order (its bitmap) starts."""
+        return self.first_data + k * self.stride - self.bitmap_size
 
 
 def write_dynamic(fobj, size: int, blocks, *, order=None,
@@ -149,11 +156,11 @@ def write_dynamic(fobj, size: int, blocks, *, order=None,
     full_bitmap = (b'\xff' * (spb // 8) + (
         bytes([(0xFF << (8 - spb % 8)) & 0xFF]) if spb % 8 else b'')
     ).ljust(lay.bitmap_size, b'\0')
-    for idx in order:
+    for k, idx in enumerate(order):
         if not 0 <= idx < lay.entries:
             raise ValueError('block %d is outside the BAT of %d entries'
                              % (idx, lay.entries))
-        bat[4 * idx:4 * idx + 4] = (lay.offsets[idx] // fmt.SECTOR).to_bytes(
+        bat[4 * idx:4 * idx + 4] = (lay.offset_of(k) // fmt.SECTOR).to_bytes(
             4, 'big')
         bitmap = blocks[idx][0]
         if bitmap is None or bitmap[:len(full_bitmap)] == full_bitmap:
@@ -175,12 +182,12 @@ def write_dynamic(fobj, size: int, blocks, *, order=None,
     for (_, data), off in zip(locs, lay.locator_offsets):
         out.seek(off)
         out.put(data.ljust(_pad(len(data)), b'\0'))
-    for idx in order:
+    for k, idx in enumerate(order):
         bitmap, data = blocks[idx]
         if len(data) != block_size:
             raise ValueError('block %d holds %d bytes, not %d'
                              % (idx, len(data), block_size))
-        out.seek(lay.offsets[idx])
+        out.seek(lay.offset_of(k))
         out.put((full_bitmap if bitmap is None else bytes(bitmap)).ljust(
             lay.bitmap_size, b'\0'))
         out.put(data)
