@@ -27,7 +27,6 @@ import time
 from xenapinfs_driver.vhd import tgz as convertmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
-from xenapinfs_driver.vhd import pack as packmod
 
 _p = errors.printable
 
@@ -223,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='gzip level, 1 (fastest, the default) to 9; '
                             'isal, used when installed, stops at 3, so '
                             'higher levels use zlib-ng or zlib')
-    p.add_argument('--max-size', type=_size, default=packmod.MAX_SIZE,
+    p.add_argument('--max-size', type=_size,
+                   default=convertmod.Limits().max_size,
                    help='refuse disks larger than this, e.g. 4T '
                         '(default: 2T, as convert)')
     p.add_argument('--progress', dest='progress', action='store_true',
@@ -318,6 +318,9 @@ def main(argv=None) -> int:
                                                          False))
     try:
         if args.command == 'pack':
+            # Imported here: its threads and tar code cost every other
+            # subcommand start-up time.
+            from xenapinfs_driver.vhd import pack as packmod
             packmod.pack(args.src, args.dst, vhd_only=args.vhd,
                          level=args.level, max_size=args.max_size,
                          progress=progress)

@@ -33,6 +33,7 @@ import pytest
 
 from tests import vhd_factory as vf
 from xenapinfs_driver.cmd import vhdutil
+from xenapinfs_driver.cmd import vhdutil_read
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import image
 from xenapinfs_driver.vhd import journal as journalmod
@@ -950,7 +951,8 @@ def test_read_p_prints_the_metadata_like_vhd_util(run, tmp_path):
     c, hd, s = f.chs
     assert 'Geometry            : Cyl: %d, Hds: %d, Sctrs: %d' % (c, hd, s) \
         in lines
-    assert 'Timestamp           : %s' % vhdutil.vhd_time(f.timestamp) in lines
+    stamp = vhdutil_read.vhd_time(f.timestamp)
+    assert 'Timestamp           : %s' % stamp in lines
     rc, out, _ = run('read', '-n', paths[0], '-p', '-x')
     assert 'Table offset        : 0x600' in out.splitlines()
     assert 'Current disk size   : 0x9 MB (0x900e00 Bytes)' in out
