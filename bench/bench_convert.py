@@ -265,7 +265,7 @@ def write_image(path: str, layers: list, data: BlockData,
                 tf.add(name, arcname='./' + os.path.basename(name))
     finally:
         for name in files:
-            _remove(name)
+            remove(name)
     with open(tar_path, 'rb') as src, open(path, 'wb') as dst:
         proc = subprocess.Popen(['gzip', '-c'], stdin=src, stdout=dst)
     return os.path.getsize(tar_path), proc
@@ -277,7 +277,7 @@ def finish_image(path: str, proc) -> None:
             raise BenchError('gzip failed with status %d on %s'
                              % (proc.returncode, path))
     finally:
-        _remove(path + '.tar')
+        remove(path + '.tar')
 
 
 # -- checks -------------------------------------------------------------------
@@ -412,14 +412,14 @@ def inflaters() -> dict:
     return found
 
 
-def _remove(path: str) -> None:
+def remove(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def _warm(path: str) -> None:
+def warm(path: str) -> None:
     """Read a file once so that every run finds it in the page cache."""
     with open(path, 'rb', buffering=0) as f:
         while f.read(8 * MiB):
@@ -463,7 +463,7 @@ class Bench:
                                  % (actual, size))
             return sample
         finally:
-            _remove(self.out)
+            remove(self.out)
 
     def reference(self, image: str) -> tuple:
         extracted = self.path('extracted')
@@ -476,7 +476,7 @@ class Bench:
             return untar, qemu
         finally:
             shutil.rmtree(extracted, ignore_errors=True)
-            _remove(self.out)
+            remove(self.out)
 
     def measure(self, image_gib: str, image_tib: str, sizes: tuple) -> None:
         floor = run(['true']).maxrss
@@ -618,13 +618,13 @@ def prepare(bench: Bench) -> tuple:
             result = vhd.convert(image, bench.out)
             status = verify(bench.out, chain, data)
         finally:
-            _remove(bench.out)
+            remove(bench.out)
         for warning in result.warnings:
             bench.notes.append('%s: warning: %s' % (image, warning))
         inflater = inflater or result.inflater
         bench.log('  the output is the expected disk (%s)' % status)
     for image in (image_gib, image_tib):
-        _warm(image)
+        warm(image)
 
     shape = ', '.join('%s %s with %s of blocks' % (
         layer.name, _mib(layer.size), _mib(len(layer.blocks) * BS))

@@ -43,8 +43,10 @@ import time
 # conversion benchmark, so that both measure alike.
 import bench_convert
 from bench_convert import BenchError
+from bench_convert import remove
 from bench_convert import run
 from bench_convert import Sample
+from bench_convert import warm
 
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import pack
@@ -142,21 +144,7 @@ def verify(image: str, raw: str, scratch: str, blocks: int) -> None:
                     break
                 pos += len(a)
     finally:
-        _remove(back)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _warm(path: str) -> None:
-    """Read the disk's data once, so that every run finds it cached."""
-    with open(path, 'rb', buffering=0) as f:
-        while f.read(8 * MiB):
-            pass
+        remove(back)
 
 
 # -- measuring ----------------------------------------------------------------
@@ -196,7 +184,7 @@ class Bench:
                 check(out)
             return sample
         finally:
-            _remove(out)
+            remove(out)
 
     def reference(self, raw: str) -> tuple:
         out_vhd = self.path('ref.vhd')
@@ -211,8 +199,8 @@ class Bench:
                 os.path.getsize(out_tgz)
             return qemu, tar
         finally:
-            _remove(out_vhd)
-            _remove(out_tgz)
+            remove(out_vhd)
+            remove(out_tgz)
 
     def measure(self, raw: str, check) -> None:
         floor = run(['true']).maxrss
@@ -315,7 +303,7 @@ def prepare(bench: Bench) -> tuple:
     bench.log('generating %s' % raw)
     write_disk(raw, data_blocks, zero_blocks, bench_convert.BlockData(SEED))
     generation = time.perf_counter() - start
-    _warm(raw)
+    warm(raw)
     compressor, _, level = pack._pick_compressor(None, pack.DEFAULT_LEVEL)
     info = dict(data=DATA_BLOCKS * BS, extents=extents(raw),
                 generation=generation, compressor=compressor, level=level,

@@ -163,3 +163,21 @@ def standard_chain(seed=1, sizes=(9 * MiB + 3 * SECTOR, 8 * MiB, 6 * MiB),
     specs = [random_layer(rnd, s, fill=0.6 if i else 0.8)
              for i, s in enumerate(sizes)]
     return build_chain(specs, rnd=rnd, **kw), expected_disk(specs), specs
+
+
+def mismatch(actual: bytes, expected: bytes):
+    """None if equal, else a short note on where they first differ.
+
+    Used as ``assert mismatch(a, b) is None``: pytest's own diff of two
+    disks of many MiB takes longer than a whole test module.
+    """
+    if actual == expected:
+        return None
+    n = min(len(actual), len(expected))
+    off = 0
+    while off < n and actual[off:off + MiB] == expected[off:off + MiB]:
+        off += MiB
+    while off < n and actual[off] == expected[off]:
+        off += 1
+    return 'lengths %d and %d, first difference at byte %d' % (
+        len(actual), len(expected), off)

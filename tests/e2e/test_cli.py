@@ -50,6 +50,7 @@ try:
 except ImportError:                     # pragma: no cover
     pyvhdi = None
 
+mismatch = vf.mismatch
 MiB = vf.MiB
 BS = vf.BS
 SECTOR = vf.SECTOR
@@ -65,24 +66,6 @@ needs_qemu = pytest.mark.skipif(
     QEMU is None, reason='qemu-img not found (Debian package qemu-utils)')
 needs_libvhdi = pytest.mark.skipif(
     pyvhdi is None, reason='pyvhdi not importable (pip libvhdi-python)')
-
-
-def mismatch(actual, expected):
-    """None if equal, else a short note on where they first differ.
-
-    Used as ``assert mismatch(a, b) is None``: pytest's own diff of two
-    disks of many MiB takes longer than the whole module.
-    """
-    if actual == expected:
-        return None
-    n = min(len(actual), len(expected))
-    off = 0
-    while off < n and actual[off:off + MiB] == expected[off:off + MiB]:
-        off += MiB
-    while off < n and actual[off] == expected[off]:
-        off += 1
-    return 'lengths %d and %d, first difference at byte %d' % (
-        len(actual), len(expected), off)
 
 
 # -- running the command -----------------------------------------------------

@@ -39,13 +39,13 @@ import os
 import stat
 import struct
 import tarfile
-import tempfile
 import time
 
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import layer
 from xenapinfs_driver.vhd import stream
+from xenapinfs_driver.vhd import target as targetmod
 from xenapinfs_driver.vhd import writer
 
 BLOCK = writer.DEFAULT_BLOCK
@@ -510,72 +510,35 @@ class _ParallelGzip:
 # -- output -------------------------------------------------------------------
 
 class _Output:
-    """A new file under a temporary name in DST's directory, renamed over
-    DST at the end; on failure it is removed and DST is left as it was."""
+    """Sequential writes into a new file (target.FileTarget): written under
+    a temporary name in DST's directory and renamed over DST at the end;
+    on failure it is removed and DST is left as it was."""
 
     def __init__(self, path: str):
-        self.path = path
-        self.mode = None
-        self.written = 0
         try:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
         except OSError as exc:
             raise errors.TargetError(exc.strerror, source=path) from None
-        if st is not None:
-            if stat.S_ISDIR(st.st_mode):
-                raise errors.TargetError('is a directory', source=path)
-            if not stat.S_ISREG(st.st_mode):
-                raise errors.TargetError('not a regular file', source=path)
-            self.mode = stat.S_IMODE(st.st_mode)
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            self.fd, self.tmp = tempfile.mkstemp(
-                dir=directory, prefix='.%s.' % os.path.basename(path),
-                suffix='.part')
-        except OSError as exc:
-            raise errors.TargetError('cannot create a file in %s: %s'
-                                     % (directory, exc.strerror),
-                                     source=path) from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise errors.TargetError('is a directory', source=path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise errors.TargetError('not a regular file', source=path)
+        self.path = path
+        self.target = targetmod.FileTarget(path)
+        self.written = 0
 
     def tell(self) -> int:
         return self.written
 
     def write(self, data) -> int:
-        view = memoryview(data)
-        try:
-            while len(view):
-                n = os.write(self.fd, view)
-                view = view[n:]
-                self.written += n
-        except OSError as exc:
-            raise errors.TargetError('cannot write at offset %d: %s'
-                                     % (self.written, exc.strerror),
-                                     source=self.path) from None
+        self.target.pwrite(memoryview(data), self.written)
+        self.written += len(data)
         return len(data)
 
     def commit(self) -> None:
-        try:
-            if self.mode is None:
-                umask = os.umask(0)
-                os.umask(umask)
-                self.mode = 0o666 & ~umask
-            os.fchmod(self.fd, self.mode)
-            os.close(self.fd)
-            self.fd = None
-            os.replace(self.tmp, self.path)
-            self.tmp = None
-        except OSError as exc:
-            raise errors.TargetError(exc.strerror, source=self.path) from None
+        self.target.commit(self.written)
 
     def abort(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if self.tmp is not None:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
-            self.tmp = None
+        self.target.abort()

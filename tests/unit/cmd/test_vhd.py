@@ -36,6 +36,7 @@ from tests import vhd_factory as vf
 from xenapinfs_driver.cmd import vhd as cmd
 from xenapinfs_driver.vhd import writer
 
+mismatch = vf.mismatch
 MiB = vf.MiB
 SECTOR = vf.SECTOR
 PREFIX = 'xenapinfs-vhd: error: '
@@ -108,24 +109,6 @@ def assert_error_line(err, *needles):
     assert lines[0].startswith(PREFIX), err
     for needle in needles:
         assert needle in lines[0], (needle, err)
-
-
-def mismatch(actual, expected):
-    """None if equal, else a short note on where they first differ.
-
-    Used as ``assert mismatch(a, b) is None``: pytest's own diff of two
-    disks of many MiB takes longer than the whole module.
-    """
-    if actual == expected:
-        return None
-    n = min(len(actual), len(expected))
-    off = 0
-    while off < n and actual[off:off + MiB] == expected[off:off + MiB]:
-        off += MiB
-    while off < n and actual[off] == expected[off]:
-        off += 1
-    return 'lengths %d and %d, first difference at byte %d' % (
-        len(actual), len(expected), off)
 
 
 def present(spec):

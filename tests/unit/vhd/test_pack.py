@@ -544,7 +544,7 @@ def test_output_directory_not_writable(tmp_path, monkeypatch):
         # root writes anywhere: the refusal is simulated.
         def mkstemp(**kw):
             raise PermissionError(errno.EACCES, 'Permission denied')
-        monkeypatch.setattr(pack.tempfile, 'mkstemp', mkstemp)
+        monkeypatch.setattr(pack.targetmod.tempfile, 'mkstemp', mkstemp)
     try:
         rejected(tmp_path, src, ro / 'x.tgz', errors.TargetError,
                  'cannot create a file in %s' % ro, 'Permission denied',
@@ -576,15 +576,15 @@ def test_write_error_leaves_nothing(tmp_path, monkeypatch, vhd_only):
     make_disk(src, 8 * MiB, [(0, rnd.randbytes(4 * BS))])
     dst = tmp_path / 'image.tgz'
     dst.write_bytes(b'the old image')
-    real = os.write
+    real = os.pwrite
     written = [0]
 
-    def write(fd, data):
+    def pwrite(fd, data, offset):
         if written[0] > MiB:
             raise OSError(errno.ENOSPC, 'No space left on device')
         written[0] += len(data)
-        return real(fd, data)
-    monkeypatch.setattr(pack.os, 'write', write)
+        return real(fd, data, offset)
+    monkeypatch.setattr(pack.targetmod.os, 'pwrite', pwrite)
     exc = rejected(tmp_path, src, dst, errors.TargetError,
                    'No space left', source=dst, vhd_only=vhd_only)
     assert 'cannot write at offset' in str(exc)
