@@ -638,9 +638,9 @@ def prepare(bench: Bench) -> tuple:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeat', type=int, default=3,
+    parser.add_argument('--repeat', type=int, default=5,
                         help='timed runs of each step; the median is shown '
-                             '(default: 3)')
+                             '(default: 5)')
     parser.add_argument('--workdir', default=None,
                         help='where to create the scratch directory, about '
                              '3 GiB (default: the system temporary '
