@@ -426,11 +426,36 @@ def warm(path: str) -> None:
             pass
 
 
-class Bench:
+class Samples:
+    """The timings of each step by name, and their summaries."""
+
+    def __init__(self):
+        self.samples = collections.defaultdict(list)
+
+    def log(self, text: str) -> None:
+        sys.stderr.write(text + '\n')
+        sys.stderr.flush()
+
+    def add(self, name: str, sample: Sample) -> None:
+        self.samples[name].append(sample)
+        self.log('  %-36s %7.2f s' % (name, sample.seconds))
+
+    def median(self, name: str) -> float | None:
+        if name not in self.samples:
+            return None
+        return statistics.median(s.seconds for s in self.samples[name])
+
+    def peak(self, name: str) -> int | None:
+        rss = [s.maxrss for s in self.samples.get(name, ())
+               if s.maxrss is not None]
+        return max(rss) if rss else None
+
+
+class Bench(Samples):
     def __init__(self, workdir: str, repeat: int):
+        super().__init__()
         self.workdir = workdir
         self.repeat = repeat
-        self.samples = collections.defaultdict(list)
         self.notes = []
         package_root = os.path.dirname(os.path.dirname(
             xenapinfs_driver.__file__))
@@ -445,10 +470,6 @@ class Bench:
 
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
-
-    def log(self, text: str) -> None:
-        sys.stderr.write(text + '\n')
-        sys.stderr.flush()
 
     # -- the steps ---------------------------------------------------------
 
@@ -501,20 +522,6 @@ class Bench:
             self.add(DECOMPRESSION[0], run(['gzip', '-dc', image_gib]))
             for name, module in inflaters().items():
                 self.add(name, inflate(image_gib, module))
-
-    def add(self, name: str, sample: Sample) -> None:
-        self.samples[name].append(sample)
-        self.log('  %-36s %7.2f s' % (name, sample.seconds))
-
-    def median(self, name: str) -> float | None:
-        if name not in self.samples:
-            return None
-        return statistics.median(s.seconds for s in self.samples[name])
-
-    def peak(self, name: str) -> int | None:
-        rss = [s.maxrss for s in self.samples.get(name, ())
-               if s.maxrss is not None]
-        return max(rss) if rss else None
 
 
 # -- report -------------------------------------------------------------------

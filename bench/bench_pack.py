@@ -30,11 +30,9 @@ a step fails.
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -149,11 +147,11 @@ def verify(image: str, raw: str, scratch: str, blocks: int) -> None:
 
 # -- measuring ----------------------------------------------------------------
 
-class Bench:
+class Bench(bench_convert.Samples):
     def __init__(self, workdir: str, repeat: int):
+        super().__init__()
         self.workdir = workdir
         self.repeat = repeat
-        self.samples = collections.defaultdict(list)
         self.sizes = {}
         self.notes = []
         package_root = os.path.dirname(os.path.dirname(
@@ -168,10 +166,6 @@ class Bench:
 
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
-
-    def log(self, text: str) -> None:
-        sys.stderr.write(text + '\n')
-        sys.stderr.flush()
 
     def ours(self, raw: str, *options, check=None) -> Sample:
         out = self.path('ours.vhd' if options else 'ours.tgz')
@@ -221,20 +215,6 @@ class Bench:
                 self.add(TAR, tar)
                 self.add(REFERENCE, Sample(qemu.seconds + tar.seconds,
                                            max(qemu.maxrss, tar.maxrss)))
-
-    def add(self, name: str, sample: Sample) -> None:
-        self.samples[name].append(sample)
-        self.log('  %-36s %7.2f s' % (name, sample.seconds))
-
-    def median(self, name: str) -> float | None:
-        if name not in self.samples:
-            return None
-        return statistics.median(s.seconds for s in self.samples[name])
-
-    def peak(self, name: str) -> int | None:
-        rss = [s.maxrss for s in self.samples.get(name, ())
-               if s.maxrss is not None]
-        return max(rss) if rss else None
 
 
 # -- report -------------------------------------------------------------------

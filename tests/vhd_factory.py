@@ -181,3 +181,14 @@ def mismatch(actual: bytes, expected: bytes):
         off += 1
     return 'lengths %d and %d, first difference at byte %d' % (
         len(actual), len(expected), off)
+
+
+def trimmed(spec: LayerSpec) -> LayerSpec:
+    """The layer as tapdisk writes it: no sector present past its end."""
+    spb = spec.block_size // SECTOR
+    for idx, (secs, data) in list(spec.blocks.items()):
+        valid = (spec.size - idx * spec.block_size) // SECTOR
+        if valid < spb:
+            secs = set(range(spb)) if secs is None else secs
+            spec.blocks[idx] = ({s for s in secs if s < valid}, data)
+    return spec

@@ -64,21 +64,10 @@ def cinder():
                     'test-requirements.txt')
 
 
-def trimmed(spec):
-    """No sector present past the layer's end, as tapdisk writes."""
-    spb = spec.block_size // SECTOR
-    for idx, (secs, data) in list(spec.blocks.items()):
-        valid = (spec.size - idx * spec.block_size) // SECTOR
-        if valid < spb:
-            secs = set(range(spb)) if secs is None else secs
-            spec.blocks[idx] = ({s for s in secs if s < valid}, data)
-    return spec
-
-
 def image(path, sizes, preallocated, seed):
     """A XenServer tgz of a chain; one layer has a 1 Mi-entry BAT."""
     rnd = random.Random(seed)
-    specs = [trimmed(vf.random_layer(rnd, s, fill=0.6 if i else 0.8))
+    specs = [vf.trimmed(vf.random_layer(rnd, s, fill=0.6 if i else 0.8))
              for i, s in enumerate(sizes)]
     ids = [rnd.randbytes(16) for _ in specs]
     files = vf.build_chain(specs, rnd=rnd, unique_ids=ids)

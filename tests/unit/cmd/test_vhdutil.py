@@ -72,22 +72,11 @@ def one_error_line(err, command):
     assert 'Traceback' not in err
 
 
-def trimmed(spec):
-    """The layer as tapdisk writes it: no sector past its end."""
-    spb = spec.block_size // SECTOR
-    for idx, (secs, data) in list(spec.blocks.items()):
-        valid = (spec.size - idx * spec.block_size) // SECTOR
-        if valid < spb:
-            secs = set(range(spb)) if secs is None else secs
-            spec.blocks[idx] = ({s for s in secs if s < valid}, data)
-    return spec
-
-
 def make_specs(sizes, seed=1, trim=True):
     rnd = random.Random(seed)
     specs = [vf.random_layer(rnd, s, fill=0.6 if i else 0.8)
              for i, s in enumerate(sizes)]
-    return [trimmed(s) for s in specs] if trim else specs, rnd
+    return [vf.trimmed(s) for s in specs] if trim else specs, rnd
 
 
 def write_chain(directory, sizes, seed=1, names=None, trim=True, **kw):
