@@ -31,6 +31,7 @@ CHUNK = 1 << 20
 READ_SIZE = 256 << 10
 QUEUE_DEPTH = 8
 MAP_WINDOW = 16 << 20
+CLOSE_WAIT = 2.0
 GZIP_MAGIC = b'\x1f\x8b'
 
 
@@ -227,7 +228,10 @@ class Inflater:
 
     def close(self):
         self._stop.set()
-        self._thread.join()
+        # The thread may sit in a read from a pipe whose writer has
+        # stalled: it is a daemon, and ends at its next read or with the
+        # process, so an error is reported now rather than after it.
+        self._thread.join(CLOSE_WAIT)
 
 
 def plain_chunks(raw: RawReader):

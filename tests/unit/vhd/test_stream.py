@@ -373,3 +373,43 @@ def test_output_is_renamed_into_place_only_at_the_end(tmp_path, plain_tar,
         assert len(listing) == 1, listing
         assert listing[0].startswith('.disk.raw.')
         assert listing[0].endswith('.part')
+
+
+def test_an_error_is_reported_while_the_writer_of_a_pipe_stalls(
+        tmp_path, monkeypatch):
+    # A tar whose first member is unsafe, gzip-compressed, on a pipe whose
+    # writer then stalls without closing it: the error must come out
+    # without waiting for more input.
+    import tarfile
+    import threading
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+        info = tarfile.TarInfo('/etc/0.vhd')
+        info.size = 0
+        tf.addfile(info)
+    data = gzip.compress(buf.getvalue())[:-8]     # no trailer: not the end
+    monkeypatch.setattr(stream, 'CLOSE_WAIT', 0.1)
+    rfd, wfd = os.pipe()
+    os.write(wfd, data)
+
+    class Stdin:
+        buffer = os.fdopen(rfd, 'rb', buffering=0)
+    monkeypatch.setattr(tgz.sys, 'stdin', Stdin)
+    outcome = []
+
+    def run():
+        try:
+            tgz.convert('-', str(tmp_path / 'out.raw'))
+        except errors.VhdError as exc:
+            outcome.append(exc)
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)            # a hang check, not a speed measurement
+    stalled = worker.is_alive()
+    os.close(wfd)              # let everything finish either way
+    worker.join()
+    Stdin.buffer.close()
+    assert not stalled
+    assert isinstance(outcome[0], errors.ArchiveError)
+    assert 'absolute path' in str(outcome[0])
+    assert os.listdir(tmp_path) == []
