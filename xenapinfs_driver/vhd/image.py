@@ -21,6 +21,7 @@ bitmaps, the batmap and both footer copies are kept up to date.
 from __future__ import annotations
 
 import array
+import bisect
 import os
 import sys
 
@@ -45,9 +46,14 @@ class VhdFile:
     """Open with ``VhdFile(path)``; use as a context manager."""
 
     def __init__(self, path: str, writable: bool = False,
-                 limits: layermod.Limits | None = None):
+                 limits: layermod.Limits | None = None,
+                 check_layout: bool = True):
+        """:param check_layout: refuse a BAT whose blocks overlap the
+        metadata or each other; only a read-only open may skip that (what
+        ``vhd-util check -B`` does)."""
         self.path = path
         self.writable = writable
+        self.check_layout = check_layout or writable
         limits = limits or layermod.Limits()
         try:
             self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
@@ -125,14 +131,9 @@ class VhdFile:
         self.block_size = self.header.block_size
         self.spb = self.block_size // fmt.SECTOR
         self.bm_size = fmt.bitmap_size(self.block_size)
-        span = self.bm_size + self.block_size
-        for idx, entry in enumerate(self.bat):
-            if entry != fmt.BAT_UNUSED and \
-                    entry * fmt.SECTOR + span > self.footer_offset:
-                raise errors.InvalidTable(
-                    'block %d at offset %d runs past the end of the file'
-                    % (idx, entry * fmt.SECTOR), field='BAT entry %d' % idx)
         self._load_batmap()
+        if self.check_layout:
+            self._check_layout()
 
     def _load_batmap(self) -> None:
         """Find blktap's batmap, right after the BAT, if there is one."""
@@ -147,12 +148,63 @@ class VhdFile:
         if cookie != fmt.BATMAP_COOKIE:
             return
         size = map_sectors * fmt.SECTOR
-        if size * 8 < self.header.max_table_entries or \
+        entries = self.header.max_table_entries
+        # The same bounds as the stream reader's: a batmap that does not
+        # fit is ignored, and never written through.
+        if size * 8 < entries or size > entries // 8 + 2 * fmt.SECTOR or \
+                map_offset < at + fmt.SECTOR or \
                 map_offset + size > self.footer_offset:
             return
         self.batmap_offset = at
         self.batmap_map_offset = map_offset
         self.batmap = bytearray(os.pread(self.fd, size, map_offset))
+
+    def _check_layout(self) -> None:
+        """No block may overlap the metadata, another block or the end.
+
+        Writes go through the BAT, so a crafted one must not steer them
+        onto the header, the BAT or another block.
+        """
+        span = self.bm_size + self.block_size
+        meta = [(0, fmt.FOOTER_SIZE, 'the footer copy'),
+                (self.footer.data_offset,
+                 self.footer.data_offset + fmt.HEADER_SIZE,
+                 'the dynamic header'),
+                (self.header.table_offset, self.table_end, 'the BAT')]
+        for i, loc in enumerate(self.header.locators):
+            if loc.code and loc.data_length:
+                meta.append((loc.data_offset, loc.data_offset
+                             + max(loc.data_length, loc.data_space
+                                   if loc.data_space >= fmt.SECTOR
+                                   else loc.data_space * fmt.SECTOR),
+                             'parent locator %d' % i))
+        keys = sorted((e << 32) | i for i, e in enumerate(self.bat)
+                      if e != fmt.BAT_UNUSED)
+        blocks = [((k >> 32) * fmt.SECTOR, k & 0xFFFFFFFF) for k in keys]
+        del keys
+        for idx_pos, (off, idx) in enumerate(blocks):
+            if off + span > self.footer_offset:
+                raise errors.InvalidTable(
+                    'block %d at offset %d runs past the end of the file'
+                    % (idx, off), field='BAT entry %d' % idx)
+            if idx_pos and off < blocks[idx_pos - 1][0] + span:
+                raise errors.InvalidTable(
+                    'offset %d overlaps block %d'
+                    % (off, blocks[idx_pos - 1][1]),
+                    field='BAT entry %d' % idx)
+        for start, end, what in meta:
+            pos = bisect.bisect_left(blocks, (start - span + 1, -1))
+            if pos < len(blocks) and blocks[pos][0] < end:
+                off, idx = blocks[pos]
+                raise errors.InvalidTable('offset %d overlaps %s'
+                                          % (off, what),
+                                          field='BAT entry %d' % idx)
+        if self.batmap_offset is not None:
+            start = self.batmap_offset
+            end = self.batmap_map_offset + len(self.batmap)
+            pos = bisect.bisect_left(blocks, (start - span + 1, -1))
+            if pos < len(blocks) and blocks[pos][0] < end:
+                self.batmap_offset = None       # not to be trusted
 
     @property
     def table_end(self) -> int:

@@ -53,9 +53,10 @@ class Journal:
             raise errors.TargetError('cannot create the journal: %s'
                                      % exc.strerror, source=path) from None
         try:
-            os.write(self.jfd, head)
+            _write_all(self.jfd, head)
             os.fsync(self.jfd)
             os.link(tmp, path)
+            _sync_dir(path)
         except FileExistsError:
             os.close(self.jfd)
             raise errors.TargetError(
@@ -78,8 +79,8 @@ class Journal:
             if start <= offset and end <= stop:
                 return
         old = os.pread(self.fd, end - offset, offset)
-        os.write(self.jfd, RECORD.pack(offset, len(old), zlib.crc32(old))
-                 + old)
+        _write_all(self.jfd, RECORD.pack(offset, len(old), zlib.crc32(old))
+                   + old)
         self.saved.append((offset, end))
 
     def seal(self) -> None:
@@ -96,6 +97,21 @@ class Journal:
         """The edit failed before it changed the file: drop the journal."""
         os.close(self.jfd)
         os.unlink(self.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while len(view):
+        view = view[os.write(fd, view):]
+
+
+def _sync_dir(path: str) -> None:
+    """Make a new name durable: the directory holding it is flushed."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def revert(path: str, journal_path: str) -> int:

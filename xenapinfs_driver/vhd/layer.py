@@ -377,8 +377,14 @@ class LayerReader:
         composer = self.composer
         pending = head
         written = 0
+        limit = self.limits.max_size
         if self.member_size is not None:
             data_len = self.member_size - fmt.FOOTER_SIZE
+            if data_len > limit:
+                # Refused before a byte is written, not after.
+                raise errors.LimitExceeded(
+                    'a fixed disk of %d bytes exceeds the limit of %d'
+                    % (data_len, limit), field='file size')
             first = min(len(pending), data_len)
             composer.write_fixed(self.rank, 0, memoryview(pending)[:first])
             written = first
@@ -395,6 +401,10 @@ class LayerReader:
                     break
                 pending += more
                 cut = len(pending) - fmt.FOOTER_SIZE
+                if written + cut > limit:
+                    raise errors.LimitExceeded(
+                        'more than %d bytes of fixed disk data' % limit,
+                        field='file size')
                 if cut > 0:
                     composer.write_fixed(self.rank, written,
                                          memoryview(pending)[:cut])

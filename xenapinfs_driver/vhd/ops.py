@@ -52,6 +52,10 @@ def _atomic_write(path: str, fill) -> None:
     try:
         with os.fdopen(fd, 'wb') as f:
             fill(f)
+            # On disk before it takes its name: never a partial VHD under
+            # the final name after a crash.
+            f.flush()
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -239,8 +243,8 @@ def set_parent(child: str, parent: str) -> None:
                 raise errors.VhdError(
                     'the parent path does not fit in %d bytes' % space,
                     source=child, field='parent locator %d' % i)
-            updates.append((loc, data))
-        for loc, data in updates:
+            updates.append((loc, data, space))
+        for loc, data, space in updates:
             os.pwrite(vhd.fd, data.ljust(space, b'\0'), loc.data_offset)
             loc.data_length = len(data)
         hdr.parent_unique_id = ref.unique_id

@@ -176,7 +176,10 @@ def _vhd_size(disk, stored: list) -> int:
     # The same layout as write_dynamic's.
     lay = writer.Layout(disk.virtual_size, stored, BLOCK, None, True, [],
                         writer.ALIGN)
-    if stored and lay.offset_of(len(stored) - 1) // fmt.SECTOR > MAX_SECTOR:
+    # A BAT entry of all ones means "unallocated": the last usable sector
+    # is one below it.
+    if stored and lay.offset_of(len(stored) - 1) // fmt.SECTOR \
+            >= MAX_SECTOR:
         raise errors.LimitExceeded(
             '%d non-zero blocks do not fit in a VHD: the last would start '
             'past 2 TiB, beyond what a BAT entry can address'

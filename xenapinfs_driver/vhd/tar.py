@@ -60,11 +60,12 @@ def _number(field: bytes, what: str) -> int:
     text = field.split(b'\0', 1)[0].strip(b' ')
     if not text:
         return 0
-    try:
-        return int(text, 8)
-    except ValueError:
+    # int() would take a sign, underscores or spaces inside: octal digits
+    # only, so that no size is ever negative.
+    if not re.fullmatch(rb'[0-7]+', text):
         raise errors.ArchiveError('bad octal %s %r in tar header'
-                                  % (what, text[:16])) from None
+                                  % (what, text[:16]))
+    return int(text, 8)
 
 
 def is_tar_header(block: bytes) -> bool:
@@ -172,5 +173,6 @@ def iter_members(src):
         yield Member(name=name, size=size, kind=kind, data_offset=start)
         consumed = src.offset - start
         if consumed > size:
-            raise AssertionError('member reader overran %s' % name)
+            raise errors.ArchiveError('member data read past its size %d'
+                                      % size, member=name)
         src.skip(size - consumed + (-size % BLOCK), 'tar member ' + name)

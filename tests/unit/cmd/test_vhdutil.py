@@ -757,7 +757,7 @@ def test_check_overlapping_blocks(run, tmp_path):
     with image.VhdFile(str(path)) as vhd:
         table, first = vhd.header.table_offset, vhd.bat[0]
     _corrupt(str(path), table + 4, (first + 8).to_bytes(4, 'big'))
-    assert 'clobbers block' in _invalid(run, path)
+    assert 'overlaps block 0' in _invalid(run, path)
     assert run('check', '-n', path, '-B')[0] == 0
 
 

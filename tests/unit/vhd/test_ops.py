@@ -13,6 +13,7 @@
 
 import os
 import random
+import struct
 import uuid
 
 import pytest
@@ -1045,3 +1046,52 @@ def test_operations_leave_no_temporary_files(tmp_path):
     ops.coalesce_chain([_s(p) for p in paths])
     assert vc.listing(tmp_path) == ['0.vhd', '1.vhd', 'flat.vhd',
                                     'snap.vhd']
+
+
+def test_set_parent_pads_each_locator_to_its_own_space(tmp_path):
+    # Locators of different sizes, the smaller one last on disk and right
+    # before block 0's bitmap: padding it to another locator's space would
+    # wipe that bitmap.
+    base = tmp_path / 'base.vhd'
+    ops.create(_s(base), 4 * MiB)
+    with image.VhdFile(_s(base)) as vhd:
+        uid = vhd.footer.unique_id
+    long_loc = (fmt.PLAT_W2KU, '.\\' + 'p' * 300)         # 1 KiB of space
+    short_loc = (fmt.PLAT_MACX, 'file://./base.vhd')      # 512 bytes
+    child = tmp_path / 'child.vhd'
+    for entries in range(2, 2000):
+        child.unlink(missing_ok=True)
+        with open(child, 'wb') as f:
+            writer.write_dynamic(
+                f, 4 * MiB, {0: (None, b'\x42' * BS)},
+                max_table_entries=entries, parent=writer.Parent(
+                    uid, 'base.vhd', 0, (long_loc, short_loc)))
+        with image.VhdFile(_s(child)) as vhd:
+            macx = vhd.header.locators[1]
+            if vhd.bat[0] * SECTOR == macx.data_offset + SECTOR:
+                break
+    else:
+        pytest.fail('no layout puts block 0 right after the locator')
+    with image.VhdFile(_s(child), writable=True) as vhd:
+        locs = vhd.header.locators          # the short one first in the
+        locs[0], locs[1] = locs[1], locs[0]  # header, so it is padded last
+        vhd.write_header()
+    ops.set_parent(_s(child), _s(base))
+    with image.VhdFile(_s(child)) as vhd:
+        assert vhd.mask(0) == (1 << vhd.spb) - 1
+    assert ops.parent_path(_s(child)) == _s(base)
+
+
+def test_a_batmap_pointing_at_the_metadata_is_not_written_through(tmp_path):
+    base = tmp_path / 'base.vhd'
+    ops.create(_s(base), 4 * MiB)
+    with image.VhdFile(_s(base)) as vhd:
+        at = vhd.batmap_offset
+    raw = bytearray(base.read_bytes())
+    struct.pack_into('>Q', raw, at + 8, 0)          # map offset: the footer
+    base.write_bytes(bytes(raw))
+    with image.VhdFile(_s(base), writable=True) as vhd:
+        assert vhd.batmap_offset is None
+        vhd.write(0, b'\x05' * BS)
+    with image.VhdFile(_s(base)) as vhd:            # still opens: intact
+        assert vhd.mask(0) == (1 << vhd.spb) - 1

@@ -36,6 +36,7 @@ from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import pack
 from xenapinfs_driver.vhd import tgz
+from xenapinfs_driver.vhd import writer
 
 try:
     import pyvhdi
@@ -675,3 +676,20 @@ def test_command_usage_errors(capsys, argv):
         cmd.main(['pack', *argv])
     assert info.value.code == 2
     assert 'usage: xenapinfs-vhd pack' in capsys.readouterr().err
+
+
+def test_the_last_block_may_not_land_on_the_unused_bat_value():
+    # A BAT entry of 0xFFFFFFFF means "not allocated": a block whose
+    # bitmap would start at that sector cannot be recorded.
+    class Disk:
+        # A BAT this long puts a stored block exactly on that sector.
+        virtual_size = 1522561 * BS
+        name = 'big.raw'
+    lay = writer.Layout(Disk.virtual_size, range(1), BS, None, True, [],
+                        writer.ALIGN)
+    last = (0xFFFFFFFF * SECTOR + lay.bitmap_size - lay.first_data) \
+        // lay.stride
+    assert lay.offset_of(last) // SECTOR == 0xFFFFFFFF
+    with pytest.raises(errors.LimitExceeded):
+        pack._vhd_size(Disk, list(range(last + 1)))
+    assert pack._vhd_size(Disk, list(range(last))) > 0

@@ -372,3 +372,12 @@ def test_pax_header_of_10_mib(tmp_path, vhd, typeflag):
                    bi.raw_member(b'0.vhd', vhd) + bi.END)
     bi.assert_rejected(src, errors.ArchiveError, says='exceeds',
                        max_memory=8 << 20)
+
+
+@pytest.mark.parametrize('field', [b'-1', b'+17', b'1_0', b'0 7'])
+def test_a_size_that_is_not_plain_octal_is_refused(field):
+    # int() takes a sign or underscores: a size of -1 once made a member
+    # reader "overrun" its member with a traceback.
+    data = bytes(bi.tar_header(b'dir/', typeflag=b'5',
+                               size_field=field.ljust(11) + b'\0'))
+    assert 'bad octal size' in _fail(data + bi.END)
