@@ -643,18 +643,24 @@ def prepare(bench: Bench) -> tuple:
     return image_gib, image_tib, (layers[0].size, layers_tib[0].size), info
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeat', type=int, default=5,
+def parse_args(argv, doc: str, repeat: int, scratch: str):
+    """The options every benchmark here takes."""
+    parser = argparse.ArgumentParser(description=doc.split('\n')[0])
+    parser.add_argument('--repeat', type=int, default=repeat,
                         help='timed runs of each step; the median is shown '
-                             '(default: 5)')
+                             '(default: %d)' % repeat)
     parser.add_argument('--workdir', default=None,
                         help='where to create the scratch directory, about '
-                             '3 GiB (default: the system temporary '
-                             'directory)')
+                             '%s (default: the system temporary '
+                             'directory)' % scratch)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv, __doc__, repeat=5, scratch='3 GiB')
     workdir = tempfile.mkdtemp(prefix='bench-convert-', dir=args.workdir)
     try:
         bench = Bench(workdir, args.repeat)

@@ -29,7 +29,6 @@ a step fails.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -292,17 +291,8 @@ def prepare(bench: Bench) -> tuple:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeat', type=int, default=3,
-                        help='timed runs of each step; the median is shown '
-                             '(default: 3)')
-    parser.add_argument('--workdir', default=None,
-                        help='where to create the scratch directory, about '
-                             '2 GiB (default: the system temporary '
-                             'directory)')
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error('--repeat must be at least 1')
+    args = bench_convert.parse_args(argv, __doc__, repeat=3,
+                                    scratch='2 GiB')
     workdir = tempfile.mkdtemp(prefix='bench-pack-', dir=args.workdir)
     try:
         bench = Bench(workdir, args.repeat)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
+from xenapinfs_driver.cmd import _util
 from xenapinfs_driver.vhd import tgz as convertmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:
         # The reader went away (info | head): not worth a message.
-        _silence_stdout()
+        _util.silence_stdout()
         return 1
     except OSError as exc:
         progress.done()
@@ -375,13 +375,6 @@ def main(argv=None) -> int:
         progress.done()
         sys.stderr.write('%s: interrupted\n' % PROG)
         return 130
-
-
-def _silence_stdout() -> None:
-    # Python flushes stdout again at exit and would fail the same way.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 if __name__ == '__main__':

@@ -50,6 +50,7 @@ import sys
 import time
 import uuid as uuidlib
 
+from xenapinfs_driver.cmd import _util
 from xenapinfs_driver.cmd import vhdutil_read as dumping
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
@@ -648,7 +649,7 @@ def main(argv=None) -> int:
         _err(name, exc)
         return errno.EINVAL
     except BrokenPipeError:
-        _silence_stdout()
+        _util.silence_stdout()
         return errno.EPIPE
     except OSError as exc:
         where = '%s: ' % _p(exc.filename) if exc.filename else ''
@@ -657,12 +658,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err(name, 'interrupted')
         return 130
-
-
-def _silence_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 if __name__ == '__main__':
