@@ -1,0 +1,1 @@
+"""Tests of xenapinfs_driver.testing."""

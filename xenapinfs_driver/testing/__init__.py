@@ -1,0 +1,1 @@
+"""Test doubles for the layers below the driver: run for real, on loopback."""

@@ -1,0 +1,302 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The method table and the dispatch of one XML-RPC call.
+
+Checks come in XAPI's order: the method must exist
+(``MESSAGE_METHOD_UNKNOWN``), the parameter count must fit
+(``MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]``, the
+session not counted), no parameter may be nil (XAPI cannot unmarshal one:
+``FIELD_TYPE_ERROR [parameter name]``), then the session must be live
+(``SESSION_INVALID [ref]``). A handler is ``func(call, *args)``; its
+signature gives the parameter names and counts. ``Async.<Class>.<m>``
+runs the handler in a thread of its own and answers a task ref at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import threading
+import time
+import xmlrpc.client
+from xml.sax import saxutils
+
+from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import schema
+
+LOG = logging.getLogger(__name__)
+ASYNC = 'Async.'
+# The calls that write to an export: a disk_full fault fails them at
+# their first write (and they undo it); any other call fails at once.
+WRITES = frozenset(('SR.create', 'VDI.create', 'VDI.snapshot', 'VDI.clone',
+                    'VDI.copy', 'VDI.resize', 'VDI.resize_online',
+                    'host.call_plugin'))
+
+
+@dataclasses.dataclass
+class Call:
+    """One call being served, handed to every handler."""
+
+    server: object
+    name: str                       # as called, e.g. 'Async.VDI.copy'
+    host: str                       # the host whose listener took it
+    master_address: str | None = None   # set on a pool member's listener
+    session: str | None = None
+    task: str | None = None
+    disk_full: bool = False         # a disk_full fault applies to it
+
+    @property
+    def db(self):
+        return self.server.db
+
+
+@dataclasses.dataclass
+class Method:
+    """A handler and what its signature says about its parameters."""
+
+    name: str
+    func: object
+    params: tuple
+    required: int
+    session: bool = True
+    # testing.*: no session needed, but one sent first is tolerated, so
+    # that a logged-in XenAPI.Session can call them too.
+    testing: bool = False
+
+
+def method(name, func, session=True, testing=False) -> Method:
+    sig = list(inspect.signature(func).parameters.values())[1:]
+    required = sum(1 for p in sig if p.default is inspect.Parameter.empty)
+    return Method(name, func, tuple(p.name for p in sig), required,
+                  session, testing)
+
+
+def _has_nil(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_nil(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nil(v) for v in value.values())
+    return False
+
+
+def dispatch(call: Call, params: tuple, fault=None):
+    """Serve one call; return its value or raise XapiError.
+
+    :param fault: the fault rule that fired for this call, if any; the
+        caller has already dealt with ``drop`` and ``drop_after``.
+    """
+    server = call.server
+    is_async = call.name.startswith(ASYNC)
+    inner = call.name[len(ASYNC):] if is_async else call.name
+    m = server.methods.get(inner)
+    if m is None or (is_async and not m.session):
+        raise errors.XapiError('MESSAGE_METHOD_UNKNOWN', call.name)
+    args = list(params)
+    if m.testing and len(args) == len(m.params) + 1 and \
+            isinstance(args[0], str) and args[0].startswith('OpaqueRef:'):
+        args.pop(0)
+    received = len(args) - 1 if m.session else len(args)
+    if not m.required <= received <= len(m.params):
+        raise errors.XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', call.name,
+                               len(m.params), received)
+    names = (('session_id',) if m.session else ()) + m.params
+    for pname, value in zip(names, args):
+        if _has_nil(value):
+            raise errors.field_type(pname)
+    if m.session:
+        call.session = server.sessions.touch(args.pop(0))
+    if fault is not None and fault.action == 'error':
+        raise errors.XapiError(*fault.error)
+    if fault is not None and fault.action == 'disk_full':
+        if inner not in WRITES:
+            raise errors.DiskFull()
+        call.disk_full = True
+    if is_async:
+        return _spawn(call, m, args, fault)
+    if fault is not None and fault.action == 'delay':
+        time.sleep(fault.seconds)
+    return m.func(call, *args)
+
+
+def wrap_result(value) -> str:
+    """A task's result: the value as XAPI writes it, ``<value>..</value>``."""
+    if value == '':
+        return ''
+    if isinstance(value, str):
+        return '<value>%s</value>' % saxutils.escape(value)
+    text = xmlrpc.client.Marshaller(allow_none=False).dumps([value])
+    start = text.index('<value>')
+    return text[start:text.rindex('</value>') + len('</value>')]
+
+
+def _spawn(call: Call, m: Method, args: list, fault) -> str:
+    """Run the call in a thread; return its task at once."""
+    db = call.db
+    task = db.create('task', {'name_label': call.name,
+                              'resident_on': call.host})
+    call.task = task
+
+    def run():
+        if fault is not None and fault.action == 'delay':
+            time.sleep(fault.seconds)
+        with db.lock:
+            if db.exists('task', task) and \
+                    db.get('task', task)['status'] == 'cancelling':
+                _finish(db, task, 'cancelled',
+                        error=['TASK_CANCELLED', task])
+                return
+        try:
+            value = m.func(call, *args)
+        except errors.XapiError as exc:
+            _finish(db, task, 'failure', error=exc.details)
+        except Exception as exc:    # reported in the task, as XAPI does
+            LOG.exception('%s failed', call.name)
+            _finish(db, task, 'failure', error=['INTERNAL_ERROR', str(exc)])
+        else:
+            try:
+                result = wrap_result(value)
+            except TypeError as exc:
+                LOG.error('%s returned what XML-RPC cannot carry: %s',
+                          call.name, exc)
+                _finish(db, task, 'failure',
+                        error=['INTERNAL_ERROR', str(exc)])
+            else:
+                _finish(db, task, 'success', result=result)
+
+    thread = threading.Thread(target=run, name='xapi-task', daemon=True)
+    call.server.track(thread)
+    thread.start()
+    return task
+
+
+def _finish(db, task, status, result='', error=()) -> None:
+    with db.lock:
+        if not db.exists('task', task):
+            LOG.warning('task %s was destroyed before it finished (%s)',
+                        task, status)
+            return
+        db.update('task', task, status=status, result=result,
+                  error_info=list(error), progress=1.0,
+                  finished=schema.now(), allowed_operations=[])
+
+
+# -- the methods every class has --------------------------------------------
+
+def _check_type(cls, field, value) -> None:
+    default = schema.SCHEMAS[cls].fields[field]
+    want = type(default() if callable(default) else default)
+    ok = isinstance(value, want) or (want is float and
+                                     isinstance(value, int))
+    if ok and want is dict:
+        ok = all(isinstance(k, str) and isinstance(v, str)
+                 for k, v in value.items())
+    if ok and want is list:
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        raise errors.field_type(field)
+
+
+def generic_methods(cls: str) -> dict:
+    """get_record, get_<field>, set_<field>, add_to_<map>... of cls."""
+    sch = schema.SCHEMAS[cls]
+    out = {}
+
+    def get_record(call, self):
+        return call.db.record(cls, self)
+
+    def get_by_uuid(call, uuid):
+        return call.db.by_uuid(cls, uuid)
+
+    out['get_record'] = get_record
+    out['get_by_uuid'] = get_by_uuid
+    if sch.listable:
+        def get_all(call):
+            return call.db.refs(cls)
+
+        def get_all_records(call):
+            return {r: call.db.record(cls, r) for r in call.db.refs(cls)}
+
+        def get_all_records_where(call, expr):
+            return call.db.where(cls, expr)
+        out.update(get_all=get_all, get_all_records=get_all_records,
+                   get_all_records_where=get_all_records_where)
+        if 'name_label' in sch.fields:
+            def get_by_name_label(call, label):
+                return call.db.find(cls, name_label=label)
+            out['get_by_name_label'] = get_by_name_label
+    for field in schema.all_fields(cls):
+        out['get_' + field] = _getter(cls, field)
+    for field in sch.writable:
+        out['set_' + field] = _setter(cls, field)
+        if field in sch.maps():
+            out['add_to_' + field], out['remove_from_' + field] = \
+                _map_editors(cls, field)
+    if 'tags' in sch.writable:
+        out['add_tags'], out['remove_tags'] = _tag_editors(cls)
+    return {'%s.%s' % (cls, name): f for name, f in out.items()}
+
+
+def _getter(cls, field):
+    def get(call, self):
+        return call.db.record(cls, self)[field]
+    return get
+
+
+def _setter(cls, field):
+    def set_(call, self, value):
+        _check_type(cls, field, value)
+        with call.db.lock:
+            call.db.get(cls, self)
+            call.db.update(cls, self, **{field: value})
+        return ''
+    return set_
+
+
+def _map_editors(cls, field):
+    def add(call, self, key, value):
+        _check_type(cls, field, {key: value})
+        with call.db.lock:
+            rec = call.db.get(cls, self)
+            if key in rec[field]:
+                raise errors.XapiError('MAP_DUPLICATE_KEY', cls, field,
+                                       rec['uuid'], key)
+            rec[field][key] = value
+        return ''
+
+    def remove(call, self, key):
+        _check_type(cls, field, {key: ''})
+        with call.db.lock:
+            call.db.get(cls, self)[field].pop(key, None)
+        return ''
+    return add, remove
+
+
+def _tag_editors(cls):
+    def add(call, self, value):
+        _check_type(cls, 'tags', [value])
+        with call.db.lock:
+            tags = call.db.get(cls, self)['tags']
+            if value not in tags:
+                tags.append(value)
+        return ''
+
+    def remove(call, self, value):
+        _check_type(cls, 'tags', [value])
+        with call.db.lock:
+            tags = call.db.get(cls, self)['tags']
+            if value in tags:
+                tags.remove(value)
+        return ''
+    return add, remove

@@ -1,0 +1,80 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""``testing.*``: the test-only control methods (no XAPI has them).
+
+They need no session (one sent first is ignored), so that a test in
+another process can drive a server with a plain
+``xmlrpc.client.ServerProxy(url).testing.<method>(...)``; answers have the
+usual ``{'Status', 'Value'}`` shape. Calls to them are not logged in
+``get_calls``.
+
+``add_fault(rule)`` -> rule id (see ``faults``); ``clear_faults()``;
+``get_faults()``; ``get_calls()`` -> names since the last
+``clear_calls()``; ``invalidate_sessions()`` -> how many ended;
+``invalidate_session(ref)``; ``get_state()`` -> counts of records per
+class, the files under the exports (relative to the root) and the SR
+mounts, for leak checks.
+"""
+
+from __future__ import annotations
+
+import os
+
+from xenapinfs_driver.testing.xapi import errors
+
+
+def add_fault(call, rule):
+    try:
+        return call.server.faults.add(rule)
+    except ValueError as exc:
+        raise errors.XapiError('INVALID_VALUE', 'rule', str(exc)) from None
+
+
+def clear_faults(call):
+    call.server.faults.clear()
+    return ''
+
+
+def get_faults(call):
+    return call.server.faults.rules()
+
+
+def get_calls(call):
+    return call.server.calls.list()
+
+
+def clear_calls(call):
+    call.server.calls.clear()
+    return ''
+
+
+def invalidate_sessions(call):
+    return str(call.server.sessions.invalidate())
+
+
+def invalidate_session(call, ref):
+    return str(call.server.sessions.invalidate(ref))
+
+
+def get_state(call):
+    db, storage = call.db, call.server.storage
+    with db.lock:
+        state = {cls: str(db.count(cls))
+                 for cls in ('SR', 'PBD', 'VDI', 'VBD', 'session', 'task')}
+        state['files'] = storage.vhd_files()
+        state['mounts'] = sorted(os.listdir(storage.mount_root))
+        return state
+
+
+METHODS = {'testing.%s' % f.__name__: f for f in (
+    add_fault, clear_faults, get_faults, get_calls, clear_calls,
+    invalidate_sessions, invalidate_session, get_state)}

@@ -1,0 +1,141 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The server's database: one table of records per class, in memory.
+
+Refs are ``OpaqueRef:<uuid4>``, unrelated to the object's uuid, as in
+XAPI. Stored records hold wire values (ints as decimal strings); reverse
+references and values a class computes (an SR's sizes) are added to the
+copy handed out, on every read. ``lock`` is the server's one lock: every
+change of state, here or on disk, happens while holding it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import uuid as uuidlib
+
+from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import query
+from xenapinfs_driver.testing.xapi import schema
+
+LOG = logging.getLogger(__name__)
+
+
+def new_ref() -> str:
+    return 'OpaqueRef:%s' % uuidlib.uuid4()
+
+
+class Database:
+    """Tables of records keyed by ref, with a uuid index per class."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self._tables = {cls: {} for cls in schema.SCHEMAS}
+        self._uuids = {cls: {} for cls in schema.SCHEMAS}
+        # cls -> fn(ref, record): fills in values computed on each read.
+        self.computed = {}
+
+    def create(self, cls: str, fields: dict | None = None) -> str:
+        """A new record of cls; unset fields take their defaults."""
+        sch = schema.SCHEMAS[cls]
+        fields = dict(fields or {})
+        unknown = set(fields) - set(sch.fields)
+        if unknown:
+            raise AssertionError('%s has no field %s' % (cls, sorted(unknown)))
+        with self.lock:
+            rec = {f: fields[f] if f in fields else sch.default(f)
+                   for f in sch.fields}
+            rec['uuid'] = rec['uuid'] or str(uuidlib.uuid4())
+            if rec['uuid'] in self._uuids[cls]:
+                raise AssertionError('%s %s exists' % (cls, rec['uuid']))
+            ref = new_ref()
+            self._tables[cls][ref] = rec
+            self._uuids[cls][rec['uuid']] = ref
+            return ref
+
+    def exists(self, cls: str, ref) -> bool:
+        return isinstance(ref, str) and ref in self._tables[cls]
+
+    def get(self, cls: str, ref) -> dict:
+        """The stored record itself (change it only holding the lock)."""
+        try:
+            return self._tables[cls][ref]
+        except (KeyError, TypeError):
+            raise errors.handle_invalid(cls, ref) from None
+
+    def record(self, cls: str, ref) -> dict:
+        """A copy of the record as the API shows it."""
+        with self.lock:
+            rec = copy.deepcopy(self.get(cls, ref))
+            for field, (other, key) in schema.BACKREFS.get(cls, {}).items():
+                rec[field] = [r for r, o in self._tables[other].items()
+                              if o[key] == ref]
+            hook = self.computed.get(cls)
+            if hook is not None:
+                hook(ref, rec)
+            return rec
+
+    def update(self, cls: str, ref, **fields) -> None:
+        with self.lock:
+            rec = self.get(cls, ref)
+            for field, value in fields.items():
+                if field not in rec or field == 'uuid':
+                    raise AssertionError('%s.%s cannot be set' % (cls, field))
+                rec[field] = value
+
+    def destroy(self, cls: str, ref) -> None:
+        with self.lock:
+            rec = self.get(cls, ref)
+            del self._tables[cls][ref]
+            del self._uuids[cls][rec['uuid']]
+
+    def refs(self, cls: str) -> list:
+        with self.lock:
+            return list(self._tables[cls])
+
+    def find(self, cls: str, **equal) -> list:
+        """Refs of the records whose stored fields have these values."""
+        with self.lock:
+            return [ref for ref, rec in self._tables[cls].items()
+                    if all(rec[k] == v for k, v in equal.items())]
+
+    def by_uuid(self, cls: str, uuid) -> str:
+        with self.lock:
+            try:
+                return self._uuids[cls][uuid]
+            except (KeyError, TypeError):
+                raise errors.uuid_invalid(cls, uuid) from None
+
+    def where(self, cls: str, expr: str) -> dict:
+        """``get_all_records_where``: {ref: record} matching expr."""
+        try:
+            tree = query.parse(expr)
+        except query.QueryError as exc:
+            # XAPI answers a parse error with an INTERNAL_ERROR too.
+            raise errors.XapiError('INTERNAL_ERROR', 'query "%s" does not '
+                                   'parse: %s' % (expr, exc)) from None
+        unknown = query.fields_of(tree) - set(schema.all_fields(cls))
+        if unknown:
+            LOG.warning('query on %s names unknown fields %s: they match '
+                        'nothing', cls, ', '.join(sorted(unknown)))
+        with self.lock:
+            out = {}
+            for ref in self._tables[cls]:
+                rec = self.record(cls, ref)
+                if query.evaluate(tree, rec):
+                    out[ref] = rec
+            return out
+
+    def count(self, cls: str) -> int:
+        return len(self._tables[cls])

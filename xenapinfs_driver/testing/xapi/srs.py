@@ -1,0 +1,292 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""SR and PBD calls, with XAPI's (``xapi_sr.ml``, ``xapi_pbd.ml``) rules.
+
+* ``SR.forget`` and ``SR.destroy`` refuse while a PBD is plugged
+  (``SR_HAS_PBD [sr]``); ``SR.destroy`` also needs a PBD to find the
+  storage (``SR_HAS_NO_PBDS [sr]``) and no managed VDI
+  (``SR_NOT_EMPTY``). Forget keeps the files; destroy removes them.
+* ``PBD.plug`` of a plugged PBD and ``PBD.unplug`` of an unplugged one
+  do nothing, as in XAPI; unplug refuses while a VDI of the SR has a
+  plugged VBD (``VDI_IN_USE [vdi...]``); ``PBD.destroy`` of a plugged PBD
+  is ``OPERATION_NOT_ALLOWED ['PBD is currently attached']``.
+* The first plug of an SR scans it, so a re-introduced SR shows its VDIs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from xml.sax import saxutils
+
+from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import storage as storagemod
+from xenapinfs_driver.testing.xapi import vdifiles
+
+LOG = logging.getLogger(__name__)
+
+
+def _str(name, value) -> str:
+    if not isinstance(value, str):
+        raise errors.field_type(name)
+    return value
+
+
+def _bool(name, value) -> bool:
+    if not isinstance(value, bool):
+        raise errors.field_type(name)
+    return value
+
+
+def _map(name, value) -> dict:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str)
+            for k, v in value.items()):
+        raise errors.field_type(name)
+    return dict(value)
+
+
+def sr_create(call, host, device_config, physical_size, name_label,
+              name_description, type, content_type, shared, sm_config):
+    db, storage = call.db, call.server.storage
+    db.get('host', host)
+    device_config = _map('device_config', device_config)
+    sr_type = _str('type', type).lower()
+    for name, value in (('physical_size', physical_size),
+                        ('name_label', name_label),
+                        ('name_description', name_description),
+                        ('content_type', content_type)):
+        _str(name, value)
+    _bool('shared', shared)
+    sm_config = _map('sm_config', sm_config)
+    if sr_type != 'nfs':
+        raise errors.XapiError('SR_UNKNOWN_DRIVER', sr_type)
+    with db.lock:
+        export = storage.nfs_dir(device_config)
+        sr = db.create('SR', {
+            'name_label': name_label, 'name_description': name_description,
+            'type': sr_type, 'content_type': content_type, 'shared': shared,
+            'sm_config': sm_config})
+        sr_uuid = db.get('SR', sr)['uuid']
+        path = os.path.join(export, sr_uuid)
+        try:
+            os.mkdir(path)
+            storage.check_space(call, export)
+        except BaseException:
+            db.destroy('SR', sr)
+            if os.path.isdir(path):
+                os.rmdir(path)
+            raise
+        hosts = db.refs('host') if shared else [host]
+        pbds = [db.create('PBD', {'host': h, 'SR': sr,
+                                  'device_config': device_config})
+                for h in hosts]
+        for pbd in pbds:
+            _plug(call, pbd)
+        LOG.info('SR %s created in %s', sr_uuid, path)
+        return sr
+
+
+def sr_introduce(call, uuid, name_label, name_description, type,
+                 content_type, shared, sm_config):
+    db = call.db
+    for name, value in (('uuid', uuid), ('name_label', name_label),
+                        ('name_description', name_description),
+                        ('type', type), ('content_type', content_type)):
+        _str(name, value)
+    _bool('shared', shared)
+    sm_config = _map('sm_config', sm_config)
+    with db.lock:
+        if uuid and db.find('SR', uuid=uuid):
+            raise errors.XapiError('SR_UUID_EXISTS', uuid)
+        if uuid and not storagemod.UUID_RE.match(uuid):
+            raise errors.XapiError('INVALID_VALUE', 'uuid', uuid)
+        return db.create('SR', {
+            'uuid': uuid, 'name_label': name_label,
+            'name_description': name_description, 'type': type.lower(),
+            'content_type': content_type, 'shared': shared,
+            'sm_config': sm_config, 'physical_size': '-1',
+            'physical_utilisation': '-1'})
+
+
+def _assert_unplugged(db, sr) -> None:
+    if db.find('PBD', SR=sr, currently_attached=True):
+        raise errors.XapiError('SR_HAS_PBD', sr)
+
+
+def _drop_records(db, sr) -> None:
+    for pbd in db.find('PBD', SR=sr):
+        db.destroy('PBD', pbd)
+    for vdi in db.find('VDI', SR=sr):
+        vdifiles.drop_record(db, vdi)
+    db.destroy('SR', sr)
+
+
+def sr_forget(call, sr):
+    db = call.db
+    with db.lock:
+        db.get('SR', sr)
+        _assert_unplugged(db, sr)
+        _drop_records(db, sr)
+    return ''
+
+
+def sr_destroy(call, sr):
+    db = call.db
+    with db.lock:
+        rec = db.get('SR', sr)
+        _assert_unplugged(db, sr)
+        pbds = db.find('PBD', SR=sr)
+        if not pbds:
+            raise errors.XapiError('SR_HAS_NO_PBDS', sr)
+        if any(db.get('VDI', v)['managed'] for v in db.find('VDI', SR=sr)):
+            raise errors.XapiError('SR_NOT_EMPTY')
+        export = call.server.storage.nfs_dir(
+            db.get('PBD', pbds[0])['device_config'])
+        path = os.path.join(export, rec['uuid'])
+        if os.path.isdir(path):
+            visible = [v for v, info in vdifiles.survey(path).items()
+                       if not info['hidden']]
+            if visible:
+                # sm's FileSR.delete finds VDIs XAPI has no record of.
+                raise errors.XapiError('SR_BACKEND_FAILURE_39', '',
+                                       'The SR is not empty', '')
+            shutil.rmtree(path)
+        else:
+            LOG.warning('SR %s: %s was already gone', rec['uuid'], path)
+        _drop_records(db, sr)
+        LOG.info('SR %s destroyed', rec['uuid'])
+    return ''
+
+
+def sr_scan(call, sr):
+    with call.db.lock:
+        vdifiles.scan(call, sr, storagemod.sr_dir(call, sr))
+    return ''
+
+
+def sr_probe(call, host, device_config, type, sm_config):
+    call.db.get('host', host)
+    _map('sm_config', sm_config)
+    if _str('type', type).lower() != 'nfs':
+        raise errors.XapiError('SR_UNKNOWN_DRIVER', type.lower())
+    export = call.server.storage.nfs_dir(_map('device_config',
+                                              device_config))
+    found = sorted(n for n in os.listdir(export)
+                   if storagemod.UUID_RE.match(n) and
+                   os.path.isdir(os.path.join(export, n)))
+    lines = ['<?xml version="1.0" ?>', '<SRlist>']
+    for sr_uuid in found:
+        lines += ['\t<SR>', '\t\t<UUID>%s</UUID>' % saxutils.escape(sr_uuid),
+                  '\t</SR>']
+    return '\n'.join(lines + ['</SRlist>', ''])
+
+
+def sr_get_supported_types(call):
+    return ['nfs']
+
+
+# -- PBD ---------------------------------------------------------------------
+
+def pbd_create(call, args):
+    db = call.db
+    if not isinstance(args, dict):
+        raise errors.field_type('args')
+    for key in ('host', 'SR', 'device_config'):
+        if key not in args:
+            raise errors.field_type(key)
+    device_config = _map('device_config', args['device_config'])
+    other_config = _map('other_config', args.get('other_config', {}))
+    with db.lock:
+        db.get('host', args['host'])
+        db.get('SR', args['SR'])
+        for pbd in db.find('PBD', SR=args['SR'], host=args['host']):
+            raise errors.XapiError('PBD_EXISTS', args['SR'], args['host'],
+                                   pbd)
+        return db.create('PBD', {'host': args['host'], 'SR': args['SR'],
+                                 'device_config': device_config,
+                                 'other_config': other_config})
+
+
+def _plug(call, pbd) -> None:
+    db, storage = call.db, call.server.storage
+    rec = db.get('PBD', pbd)
+    if rec['currently_attached']:
+        return
+    sr = rec['SR']
+    sr_rec = db.get('SR', sr)
+    if sr_rec['type'] != 'nfs':
+        raise errors.XapiError('SR_UNKNOWN_DRIVER', sr_rec['type'])
+    others = db.find('PBD', SR=sr, currently_attached=True)
+    if not sr_rec['shared'] and any(db.get('PBD', p)['host'] != rec['host']
+                                    for p in others):
+        raise errors.XapiError('SR_NOT_SHARABLE', sr,
+                               db.get('PBD', others[0])['host'])
+    path = os.path.join(storage.nfs_dir(rec['device_config']),
+                        sr_rec['uuid'])
+    if not os.path.isdir(path):
+        raise errors.backend(errors.NFS_MOUNT, 'mount.nfs: %s: no such '
+                             'directory' % sr_rec['uuid'])
+    storage.mount(sr_rec['uuid'], path)
+    rec['currently_attached'] = True
+    if not others:
+        vdifiles.scan(call, sr, path)
+
+
+def pbd_plug(call, pbd):
+    with call.db.lock:
+        _plug(call, pbd)
+    return ''
+
+
+def pbd_unplug(call, pbd):
+    db = call.db
+    with db.lock:
+        rec = db.get('PBD', pbd)
+        if not rec['currently_attached']:
+            return ''
+        sr = rec['SR']
+        busy = [v for v in db.find('VDI', SR=sr)
+                if any(db.get('VBD', b)['currently_attached'] and
+                       db.get('VM', db.get('VBD', b)['VM'])['resident_on']
+                       == rec['host'] for b in db.find('VBD', VDI=v))]
+        if busy:
+            raise errors.XapiError('VDI_IN_USE', *busy)
+        rec['currently_attached'] = False
+        if not db.find('PBD', SR=sr, currently_attached=True):
+            call.server.storage.unmount(db.get('SR', sr)['uuid'])
+    return ''
+
+
+def pbd_destroy(call, pbd):
+    db = call.db
+    with db.lock:
+        if db.get('PBD', pbd)['currently_attached']:
+            raise errors.not_allowed('PBD is currently attached')
+        db.destroy('PBD', pbd)
+    return ''
+
+
+METHODS = {
+    'SR.create': sr_create,
+    'SR.introduce': sr_introduce,
+    'SR.forget': sr_forget,
+    'SR.destroy': sr_destroy,
+    'SR.scan': sr_scan,
+    'SR.probe': sr_probe,
+    'SR.get_supported_types': sr_get_supported_types,
+    'PBD.create': pbd_create,
+    'PBD.plug': pbd_plug,
+    'PBD.unplug': pbd_unplug,
+    'PBD.destroy': pbd_destroy,
+}
