@@ -1,0 +1,120 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""pytest fixtures that run real services (xenapinfs_driver.testing.stack).
+
+A test module takes one by naming it at module level::
+
+    glance_service = stack_fixture.glance_service
+
+(an assignment rather than an import, so that flake8 does not read the
+test functions' argument as a redefinition). A fixture is started once for
+each module that names it, and stopped after that module's last test.
+
+When the services are not installed the tests are skipped, except under
+CI (``CI`` set), where test-requirements.txt and ``make system-deps``
+must have installed them, so they fail.
+"""
+
+import contextlib
+import importlib.util
+import os
+import shutil
+
+import pytest
+
+from xenapinfs_driver.testing.stack import glance as glancemod
+from xenapinfs_driver.testing.stack import process
+from xenapinfs_driver.testing.stack import rabbit as rabbitmod
+from xenapinfs_driver.testing.stack import Stack
+
+
+def require(*modules, rabbit=False):
+    """Skip (or under CI fail) unless the services can run here."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if rabbit and not os.access(os.path.join(rabbitmod.RABBIT_BIN,
+                                             'rabbitmq-server'), os.X_OK):
+        missing.append('apt package %s' % rabbitmod.APT_PACKAGE)
+    if not missing:
+        return
+    msg = '%s not installed (make test installs them)' % ', '.join(missing)
+    if os.environ.get('CI'):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _keep_logs_only(workdir) -> None:
+    """Data (images, databases) goes; the logs stay for a post-mortem,
+    under pytest's own temporary directory and its retention."""
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and name != 'logs':
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def glance_service(tmp_path_factory):
+    """glance-api 33 that takes identity headers at their word.
+
+    It trusts ``X-Identity-Status: Confirmed`` with ``X-Tenant-Id`` and
+    ``X-User-Id`` (``glance.identity_headers(project)``) as keystone's
+    middleware would have set them: images belong to the project that
+    created them, so a test sees whether the headers reached glance.
+    """
+    require('glance', 'gunicorn')
+    workdir = str(tmp_path_factory.mktemp('glance'))
+    os.makedirs(os.path.join(workdir, 'logs'))
+    service = glancemod.Glance(workdir,
+                               os.path.join(workdir, 'logs',
+                                            'glance-api.log'),
+                               trust_headers=True)
+    with service:
+        yield service
+    assert not process.port_in_use(service.port)
+    _keep_logs_only(workdir)
+
+
+def assert_stopped(workdir, pids, ports) -> None:
+    """No process of a stack is left, and its ports are free."""
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    busy = [p for p in ports if process.port_in_use(p)]
+    assert not busy, 'ports still in use: %s' % busy
+    # Also what left its process group (a daemon): nothing may still run
+    # in the work directory or name it on its command line.
+    left = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            cwd = os.readlink('/proc/%s/cwd' % pid)
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode('utf-8',
+                                                               'replace')
+        except OSError:
+            continue                        # gone meanwhile, or a kernel's
+        if cwd.startswith(workdir) or workdir in cmdline:
+            left.append('%s %s' % (pid, cmdline))
+    assert not left, 'left running: %s' % left
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path_factory, backends=None, **kw):
+    """A started ``Stack`` in a new directory; on exit, checks that it
+    stopped everything. Use it in a module-scoped fixture."""
+    require('cinder', 'cinderclient', 'glance', 'glanceclient', 'gunicorn',
+            rabbit=kw.get('rabbit', True))
+    workdir = str(tmp_path_factory.mktemp('stack'))
+    stack = Stack(workdir, backends, **kw)
+    with stack:
+        pids, ports = stack.pids(), stack.ports()
+        yield stack
+    assert_stopped(workdir, pids, ports)
+    _keep_logs_only(workdir)

@@ -1,0 +1,274 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""cinder-api, cinder-scheduler and cinder-volume as separate processes.
+
+The configuration is what an operator writes for a single-node cinder
+without keystone (reference dependencies.md, section 6): ``auth_strategy =
+noauth`` (the API takes ``X-Auth-Token: user:project`` and makes everyone
+an admin; no project id in the URL), RabbitMQ, sqlite, one section per
+backend. Two settings exist only because there is no sudo here: oslo.privsep
+would start its daemons through ``sudo cinder-rootwrap``; running as root,
+``helper_command`` starts ``privsep-helper`` directly.
+
+Ready means: the API answers, and the scheduler lists a pool for every
+backend (``GET /v3/scheduler-stats/get_pools``), which needs each volume
+service up, its driver initialised and its capabilities received; only
+then can a volume be placed. A volume type per backend is created, bound
+to it by ``volume_backend_name``; the first is the default type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+from xenapinfs_driver.testing.stack import process
+
+SERVICES = ('cinder-api', 'cinder-scheduler', 'cinder-volume')
+ADMIN = ('admin', 'admin')           # user id, project id
+# The internal tenant the image-volume cache keeps its volumes in.
+INTERNAL_TENANT = ('cinder-internal-user', 'cinder-internal-project')
+# cinder's reinit_driver_count default.
+REINIT_TRIES = 3
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return ','.join(str(v) for v in value)
+    return str(value)
+
+
+def _section(name: str, options: dict) -> str:
+    lines = ['[%s]' % name]
+    lines += ['%s = %s' % (k, _value(v)) for k, v in options.items()]
+    return '\n'.join(lines) + '\n\n'
+
+
+class Cinder(process.Service):
+    """``with Cinder(workdir, log_dir, backends, rabbit=r) as c: c.url``.
+
+    :param backends: ``{section: {option: value}}``; each needs
+        ``volume_driver``. ``volume_backend_name`` defaults to the section
+        name; it is what the scheduler and the volume type match on.
+    :param rabbit: the ``rabbit.Rabbit`` the services talk through.
+    :param image_volume_cache: turn on the image-volume cache in every
+        backend, with cinder's internal tenant set.
+    :param extra: more options, ``{section: {option: value}}``.
+    """
+
+    def __init__(self, workdir: str, log_dir: str, backends: dict, *,
+                 rabbit, glance_url: str | None = None,
+                 image_volume_cache: bool = False, debug: bool = False,
+                 extra: dict | None = None, env: dict | None = None):
+        if not backends:
+            raise ValueError('cinder needs at least one backend')
+        self.workdir = os.path.join(os.path.abspath(workdir), 'cinder')
+        self.log_dir = log_dir
+        self.backends = {name: dict(opts) for name, opts in backends.items()}
+        for name, opts in self.backends.items():
+            opts.setdefault('volume_backend_name', name)
+        self.rabbit = rabbit
+        self.glance_url = glance_url
+        self.image_volume_cache = image_volume_cache
+        self.debug = debug
+        self.extra = extra or {}
+        self.extra_env = env or {}
+        self.host = 'xenapinfs-stack'
+        self.port: int | None = None
+        self.conf_path = os.path.join(self.workdir, 'cinder.conf')
+        self.procs: list = []
+
+    @property
+    def url(self) -> str:
+        """The v3 endpoint, as the CLI's ``--os-endpoint`` wants it."""
+        return 'http://%s:%d/v3' % (process.HOST, self.port)
+
+    @property
+    def default_type(self) -> str:
+        return next(iter(self.backends))
+
+    def log_path(self, service: str) -> str:
+        return os.path.join(self.log_dir, '%s.log' % service)
+
+    def ports(self) -> list:
+        return [self.port] if self.port else []
+
+    def _config(self) -> str:
+        w = self.workdir
+        etc = os.path.join(sys.prefix, 'etc', 'cinder')
+        helper = '%s --config-file %s' % (process.venv_bin('privsep-helper'),
+                                          self.conf_path)
+        default = {
+            'debug': self.debug,
+            'host': self.host,
+            'my_ip': process.HOST,
+            'state_path': w,
+            'auth_strategy': 'noauth',
+            'transport_url': self.rabbit.transport_url,
+            'api_paste_config': os.path.join(etc, 'api-paste.ini'),
+            'resource_query_filters_file': os.path.join(
+                etc, 'resource_filters.json'),
+            'osapi_volume_listen': process.HOST,
+            'osapi_volume_listen_port': self.port,
+            'osapi_volume_workers': 1,
+            'enabled_backends': list(self.backends),
+            'default_volume_type': self.default_type,
+            'image_conversion_dir': os.path.join(w, 'conversion'),
+            # Stopping must not wait the default 60 s for idle services.
+            'graceful_shutdown_timeout': 5,
+        }
+        if self.glance_url:
+            default['glance_api_servers'] = self.glance_url
+        if self.image_volume_cache:
+            default['cinder_internal_tenant_user_id'] = INTERNAL_TENANT[0]
+            default['cinder_internal_tenant_project_id'] = INTERNAL_TENANT[1]
+        sections = {
+            'DEFAULT': default,
+            'database': {'connection': 'sqlite:///%s/cinder.sqlite' % w},
+            'oslo_concurrency': {'lock_path': os.path.join(w, 'locks')},
+            'coordination': {'backend_url': 'file://%s/coordination' % w},
+            'cinder_sys_admin': {'helper_command': helper},
+            'privsep_osbrick': {'helper_command': helper},
+        }
+        for name, opts in self.backends.items():
+            opts = dict(opts)
+            if self.image_volume_cache:
+                opts.setdefault('image_volume_cache_enabled', True)
+            sections[name] = opts
+        for name, opts in self.extra.items():
+            sections.setdefault(name, {}).update(opts)
+        return ''.join(_section(n, o) for n, o in sections.items())
+
+    def launch(self) -> None:
+        """Configure, sync the database and start the three services."""
+        for sub in ('conversion', 'locks', 'coordination'):
+            os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
+        self.port = process.free_port()
+        # A backend section may hold a password: readable by us only.
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(self._config())
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        sync = subprocess.run(
+            [process.venv_bin('cinder-manage'), '--config-file',
+             self.conf_path, 'db', 'sync'], env=env, capture_output=True,
+            text=True, timeout=300)
+        if sync.returncode:
+            raise process.ServiceError('cinder-manage db sync failed:\n%s'
+                                       % (sync.stdout + sync.stderr))
+        # All three at once: most of their start-up is importing cinder.
+        for name in SERVICES:
+            proc = process.Process(
+                name, [process.venv_bin(name), '--config-file',
+                       self.conf_path], self.log_path(name), env=env,
+                cwd=self.workdir)
+            self.procs.append(proc)
+            proc.start()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        process.wait_until(self._api_ready, timeout,
+                           'cinder-api at %s' % self.url, self.procs)
+        # A call to a queue nobody has declared yet is dropped, and the API
+        # would wait rpc_response_timeout (60 s) for the answer: ask the
+        # scheduler only once it consumes.
+        process.wait_until(self._scheduler_listens, timeout,
+                           'the cinder-scheduler queue', self.procs,
+                           interval=0.5)
+        process.wait_until(self._pools_ready, timeout,
+                           'a scheduler pool for every backend', self.procs,
+                           interval=0.5)
+        for name, opts in self.backends.items():
+            self.create_type(name, opts['volume_backend_name'])
+
+    def _api_ready(self) -> bool:
+        try:
+            return self.api('GET', '/types')[0] == 200
+        except OSError:
+            return False
+
+    def _scheduler_listens(self) -> bool:
+        self._check_driver()
+        return 'cinder-scheduler' in self.rabbit.queues()
+
+    def _pools_ready(self) -> bool:
+        self._check_driver()
+        try:
+            status, body = self.api('GET', '/scheduler-stats/get_pools',
+                                    timeout=10)
+        except OSError:
+            return False
+        if status != 200:
+            return False
+        names = {pool['name'].split('#')[0] for pool in body['pools']}
+        return all('%s@%s' % (self.host, b) in names for b in self.backends)
+
+    def _check_driver(self) -> None:
+        """Fail at once when the volume service has given up on a driver,
+        rather than at the end of the wait."""
+        path = self.log_path('cinder-volume')
+        try:
+            with open(path, errors='replace') as f:
+                text = f.read()
+        except OSError:
+            return
+        # The manager tries once, then REINIT_TRIES more times.
+        if text.count('Failed to initialize driver.') > REINIT_TRIES or \
+                'Unsupported drivers are disabled' in text:
+            raise process.ServiceError(
+                'cinder-volume could not initialise its driver; the end '
+                'of %s:\n%s' % (path, process.log_tail(path, 60)))
+
+    def create_type(self, name: str, backend_name: str) -> None:
+        status, body = self.api('POST', '/types', {'volume_type': {
+            'name': name, 'extra_specs': {
+                'volume_backend_name': backend_name}}})
+        if status != 200:
+            raise process.ServiceError('volume type %s: HTTP %d %s'
+                                       % (name, status, body))
+
+    def api(self, method: str, path: str, body=None, *, auth=ADMIN,
+            version: str = '3.0', timeout: float = 60):
+        """(status, decoded JSON or None) of one call to the v3 API."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={
+                'X-Auth-Token': '%s:%s' % auth,
+                'Content-Type': 'application/json',
+                'Accept': 'application/json',
+                'OpenStack-API-Version': 'volume %s' % version})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                status, raw = exc.code, exc.read()
+        except (socket.timeout, ConnectionError) as exc:
+            raise OSError(str(exc)) from None
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode('utf-8', 'replace')
+
+    def stop(self) -> None:
+        # The volume service first: it may be mid-call into the scheduler.
+        for proc in reversed(self.procs):
+            proc.stop(timeout=10)
+        self.procs = []
