@@ -1,0 +1,199 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Calls to the dom0 plugins: ``dom0_plugin_version.py`` and ``glance.py``.
+
+The contract is the one dom0's Python 2 plugins speak (os-xenapi's
+``XenAPIPlugin.dispatch``): the arguments travel as ``{'params': s}`` where
+``s`` is ``pickle.dumps({'args': [...], 'kwargs': {...}})`` with protocol 0,
+an ASCII-safe text that Python 2 reads; the answer is a pickle of the same
+kind. A plugin's exception comes back as
+``XENAPI_PLUGIN_FAILURE [fn, class name, message]``.
+
+Answers are unpickled by :func:`loads`, which allows no globals at all:
+the plugins return only strings, numbers, lists and dicts, and anything
+else in the stream is refused instead of run.
+"""
+
+import io
+import pickle
+import time
+
+from cinder import exception as cinder_exception
+from oslo_log import log as logging
+
+from xenapinfs_driver import exception
+
+LOG = logging.getLogger(__name__)
+
+VERSION_PLUGIN = 'dom0_plugin_version.py'
+GLANCE_PLUGIN = 'glance.py'
+# 1.3 added the *_vhd2 calls by URL, 1.4 glance v2, 1.8 the '.py' names;
+# 2.x is the current series. Older hosts cannot serve this driver.
+MIN_VERSION = (1, 8)
+MAX_ANSWER = 1 << 20  # a plugin answer is a few hundred bytes
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(
+            'plugin answer refers to %s.%s; only plain data is accepted'
+            % (module, name))
+
+
+def dumps(obj):
+    """Pickle ``obj`` the way dom0's plugins expect: protocol 0, as str."""
+    return pickle.dumps(obj, protocol=0).decode('latin-1')
+
+
+def loads(text):
+    """Unpickle a plugin answer, refusing anything but plain data."""
+    if not isinstance(text, str) or len(text) > MAX_ANSWER:
+        raise exception.XenAPINFSException(
+            reason='plugin answer is not a pickle of at most %d bytes'
+            % MAX_ANSWER)
+    try:
+        return _NoGlobals(io.BytesIO(text.encode('latin-1')),
+                          encoding='latin-1').load()
+    except Exception as exc:
+        raise exception.XenAPINFSException(
+            reason='cannot read the plugin answer: %s' % exc)
+
+
+def call(session, plugin, fn, *args, secrets=(), timeout=3600.0, **kwargs):
+    """Call ``plugin``'s ``fn`` with pickled arguments; unpickle the answer.
+
+    Runs as a task (``Async.host.call_plugin``) so that a long transfer is
+    polled rather than waited for on one socket read.
+    """
+    params = {'params': dumps({'args': list(args), 'kwargs': kwargs})}
+    answer = session.call_async('host.call_plugin', session.host_ref,
+                                plugin, fn, params, timeout=timeout,
+                                secrets=secrets)
+    return loads(answer)
+
+
+def parse_version(text):
+    try:
+        return tuple(int(p) for p in str(text).split('.')[:2])
+    except ValueError:
+        return ()
+
+
+def get_version(session):
+    """The dom0 plugin set's version, e.g. ``'2.1'``."""
+    return call(session, VERSION_PLUGIN, 'get_version', timeout=60.0)
+
+
+def check_version(session):
+    """Refuse hosts whose plugins lack the calls this driver makes.
+
+    :raises PluginVersionError: the plugins are missing or too old.
+    """
+    try:
+        found = get_version(session)
+    except exception.XenAPIError as exc:
+        if exc.error in ('XENAPI_MISSING_PLUGIN',
+                         'UNKNOWN_XENAPI_PLUGIN_FUNCTION'):
+            raise exception.PluginVersionError(
+                found='(not installed)', needed='%d.%d or later'
+                % MIN_VERSION)
+        raise
+    version = parse_version(found)
+    if not version or version < MIN_VERSION:
+        raise exception.PluginVersionError(
+            found=found, needed='%d.%d or later' % MIN_VERSION)
+    return found
+
+
+def _retryable(exc):
+    # Only the plugin's own verdict: it cleaned its staging area first. A
+    # broken connection while starting the task leaves its fate unknown,
+    # and a second run could race the first on the same uuids.
+    return (isinstance(exc, exception.XenAPIError) and
+            exc.error == 'XENAPI_PLUGIN_FAILURE' and len(exc.params) > 1 and
+            exc.params[1] == 'RetryableError')
+
+
+def _image_not_found(exc):
+    return (isinstance(exc, exception.XenAPIError) and
+            exc.error == 'XENAPI_PLUGIN_FAILURE' and len(exc.params) > 2 and
+            exc.params[2] == 'ImageNotFound')
+
+
+class GlancePlugin:
+    """dom0's ``glance.py``: ``download_vhd2`` and ``upload_vhd2``.
+
+    :param session: a connected :class:`~.session.XenAPISession`.
+    :param retries: extra attempts after a ``RetryableError``.
+    :param interval: the first backoff in seconds, doubled up to 15.
+    :param timeout: how long one attempt may take, in seconds.
+    """
+
+    def __init__(self, session, retries=3, interval=0.5, timeout=3600.0,
+                 sleep=time.sleep):
+        self.session = session
+        self.retries = max(0, int(retries))
+        self.interval = interval
+        self.timeout = timeout
+        self._sleep = sleep
+
+    def _call(self, fn, for_image, secrets, **kwargs):
+        delay = self.interval
+        for attempt in range(self.retries + 1):
+            try:
+                return call(self.session, GLANCE_PLUGIN, fn,
+                            secrets=secrets, timeout=self.timeout, **kwargs)
+            except exception.XenAPINFSException as exc:
+                if _image_not_found(exc):
+                    raise cinder_exception.ImageNotFound(image_id=for_image)
+                if not _retryable(exc) or attempt == self.retries:
+                    if _retryable(exc):
+                        raise exception.PluginRetriesExceeded(
+                            fn=fn, attempts=attempt + 1, reason=exc)
+                    raise
+                LOG.warning('dom0 %(fn)s for image %(image)s failed '
+                            '(attempt %(n)d of %(total)d): %(err)s; '
+                            'retrying in %(delay).1f s.',
+                            {'fn': fn, 'image': for_image, 'n': attempt + 1,
+                             'total': self.retries + 1, 'err': exc,
+                             'delay': delay})
+                self._sleep(delay)
+                delay = min(delay * 2, 15.0)
+
+    def download_vhd(self, image_id, endpoint, sr_path, uuid_stack,
+                     extra_headers):
+        """Fetch a XenServer image into the SR; return the leaf's uuid.
+
+        ``uuid_stack`` gives one uuid per VHD of the chain; dom0 pops them
+        from the end, the leaf (``0.vhd``) first. The new files become
+        VDIs only after ``SR.scan``.
+        """
+        result = self._call('download_vhd2', image_id,
+                            list(extra_headers.values()),
+                            image_id=image_id, endpoint=endpoint,
+                            uuid_stack=list(uuid_stack), sr_path=sr_path,
+                            extra_headers=dict(extra_headers), api_version=2)
+        try:
+            return result['root']['uuid']
+        except (TypeError, KeyError):
+            raise exception.ImageTransferError(
+                reason='download_vhd2 of image %s answered %r'
+                % (image_id, result))
+
+    def upload_vhd(self, image_id, endpoint, sr_path, vdi_uuids,
+                   extra_headers, properties=None):
+        """Send a VHD chain (leaf first) to glance as a XenServer tgz."""
+        self._call('upload_vhd2', image_id, list(extra_headers.values()),
+                   vdi_uuids=list(vdi_uuids), image_id=image_id,
+                   endpoint=endpoint, sr_path=sr_path,
+                   extra_headers=dict(extra_headers),
+                   properties=dict(properties or {}), api_version=2)

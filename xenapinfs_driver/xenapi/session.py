@@ -1,0 +1,500 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""A XenAPI session on the PyPI ``XenAPI`` client.
+
+What it adds to ``XenAPI.Session``:
+
+* Login with an originator; a pool member's ``HOST_IS_SLAVE`` answer is
+  followed to the master, keeping the URL's scheme and port. Every login
+  is logged out on :meth:`XenAPISession.close`.
+* A small pool of logged-in connections, so that cinder's green threads
+  can call concurrently (one ``xmlrpc`` connection is not safe to share).
+  ``SESSION_INVALID`` is handled by the client library, which logs in again.
+* Timeouts, TLS verification on by default (a CA bundle can be given),
+  and bounded retries with backoff on connection errors. A call that may
+  have reached the host is retried only when it cannot change anything
+  (getters, ``SR.scan``...): repeating ``VDI.create`` after a lost answer
+  could create a second disk. A connection idle for a while is closed
+  before reuse, so that a host's idle timeout becomes a clean reconnect
+  rather than an ambiguous failure.
+* Failures converted once, here, into :mod:`xenapinfs_driver.exception`.
+* Arguments checked before they leave: no ``None`` (XAPI refuses it), and
+  integers sent as decimal strings, as XAPI's ``int`` type travels.
+
+Only method names are logged, never arguments: they carry the password at
+login and identity tokens in plugin calls.
+"""
+
+import contextlib
+import http.client
+import queue
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+import xmlrpc.client
+
+from oslo_log import log as logging
+from oslo_utils import importutils
+
+from xenapinfs_driver import exception
+
+LOG = logging.getLogger(__name__)
+
+# Calls that change nothing on the host, safe to send again when the
+# connection broke after the request may have gone out.
+_SAFE_PREFIXES = ('get_', 'logout')
+_SAFE_METHODS = frozenset(['SR.scan', 'SR.probe', 'task.destroy',
+                           'task.cancel'])
+
+# Errors that prove the request never reached the host.
+_NOT_SENT = (ConnectionRefusedError, socket.gaierror)
+# Errors after which the request's fate is unknown.
+_AMBIGUOUS = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
+
+
+class _NotSent(Exception):
+    """Wraps a connect-time error: the request never left."""
+
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def is_safe(method):
+    """Whether sending ``method`` twice has the same effect as once."""
+    name = method.split('.')[-1]
+    return method in _SAFE_METHODS or name.startswith(_SAFE_PREFIXES)
+
+
+def check_args(value, where='argument'):
+    """Return ``value`` ready for XAPI: ints as strings, no ``None``.
+
+    XAPI's ``int`` travels as a decimal string, and XAPI refuses
+    ``<nil/>``; sending either wrong is a programming error here, caught
+    before the request leaves rather than as a confusing host failure.
+    """
+    if value is None:
+        raise TypeError('None in XenAPI %s; send "", {} or OpaqueRef:NULL'
+                        % where)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): check_args(v, where) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [check_args(v, where) for v in value]
+    return value
+
+
+def scrub(text, secrets):
+    """Replace every secret in ``text`` by ``***``."""
+    text = str(text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, '***')
+    return text
+
+
+class _Transport(xmlrpc.client.SafeTransport):
+    """An xmlrpc transport with a timeout, a TLS context and one attempt.
+
+    The standard transport silently sends a request again when a reused
+    connection breaks; the session decides that instead, knowing the
+    method. Connect errors are told apart from later ones.
+    """
+
+    def __init__(self, scheme, timeout, context):
+        super().__init__(context=context)
+        self._scheme = scheme
+        self.timeout = timeout
+
+    def make_connection(self, host):
+        if self._connection and host == self._connection[0]:
+            return self._connection[1]
+        chost, self._extra_headers, _x509 = self.get_host_info(host)
+        if self._scheme == 'https':
+            conn = http.client.HTTPSConnection(
+                chost, timeout=self.timeout, context=self.context)
+        else:
+            conn = http.client.HTTPConnection(chost, timeout=self.timeout)
+        self._connection = host, conn
+        return conn
+
+    def send_request(self, host, handler, request_body, debug):
+        conn = self.make_connection(host)
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except _NOT_SENT as exc:
+                raise _NotSent(exc)
+            except ssl.SSLError:
+                raise
+            except OSError as exc:
+                # A connect timeout or an unreachable network: nothing
+                # was sent either.
+                raise _NotSent(exc)
+        return super().send_request(host, handler, request_body, debug)
+
+    def request(self, host, handler, request_body, verbose=False):
+        return self.single_request(host, handler, request_body, verbose)
+
+
+class _Connection:
+    """One logged-in ``XenAPI.Session`` and its transport."""
+
+    def __init__(self, owner, url):
+        self.owner = owner
+        self.url = url
+        scheme = urllib.parse.urlsplit(url).scheme
+        self.transport = _Transport(scheme, owner.timeout, owner.ssl_context)
+        self.proxy = owner.xenapi.Session(url, transport=self.transport,
+                                          allow_none=False)
+        self.last_used = time.monotonic()
+
+    @property
+    def handle(self):
+        return self.proxy._session
+
+    def login(self):
+        o = self.owner
+        self.proxy.login_with_password(o.username, o.password,
+                                       o.api_version, o.originator)
+
+    def drop_idle_socket(self):
+        if time.monotonic() - self.last_used > self.owner.idle_timeout:
+            self.transport.close()
+
+    def request(self, method, args):
+        self.last_used = time.monotonic()
+        return self.proxy.xenapi_request(method, tuple(args))
+
+    def logout(self):
+        try:
+            self.proxy.xenapi.session.logout()
+        except Exception as exc:  # logging out must never hide an error
+            LOG.debug('XenAPI logout failed: %s',
+                      scrub(exc, self.owner.secrets))
+        finally:
+            self.transport.close()
+
+
+class XenAPISession:
+    """A pool of logged-in XenAPI connections to one host (the master).
+
+    :param url: ``http(s)://host[:port]`` of any pool member.
+    :param username: the XenAPI user, usually ``root``.
+    :param password: its password; never logged.
+    :param originator: tells the host who is calling (shown in its logs).
+    :param timeout: socket timeout of one call, in seconds. Long work goes
+        through :meth:`call_async`, which polls a task instead.
+    :param retries: how many times a failed connection is retried.
+    :param retry_interval: the first backoff, doubled up to 15 seconds.
+    :param verify: check the host's TLS certificate (on by default).
+    :param ca_bundle: a CA file for the host's certificate.
+    :param max_connections: how many calls may run at once.
+    :param xenapi: the ``XenAPI`` module (tests may pass another).
+    """
+
+    api_version = '2.0'
+    idle_timeout = 30.0
+
+    def __init__(self, url, username, password, *,
+                 originator='xenapinfs-driver', timeout=120.0, retries=3,
+                 retry_interval=1.0, verify=True, ca_bundle=None,
+                 max_connections=4, xenapi=None, sleep=time.sleep):
+        scheme = urllib.parse.urlsplit(url or '').scheme
+        if scheme not in ('http', 'https'):
+            raise exception.XenAPINFSException(
+                reason='xenapi_connection_url must be http:// or https://, '
+                       'not %r' % url)
+        self.xenapi = xenapi or importutils.try_import('XenAPI')
+        if self.xenapi is None:
+            raise exception.XenAPIMissingError(reason='import XenAPI failed')
+        self.url = url.rstrip('/')
+        self.username = username
+        self.password = password
+        self.originator = originator
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_interval = retry_interval
+        self.max_connections = max(1, int(max_connections))
+        self.secrets = {password} if password else set()
+        self.ssl_context = self._ssl_context(verify, ca_bundle)
+        self._sleep = sleep
+        self._idle = queue.LifoQueue()
+        self._all = []
+        self._slots = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.host_ref = None
+
+    @staticmethod
+    def _ssl_context(verify, ca_bundle):
+        if not verify:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context(cafile=ca_bundle or None)
+
+    # -- connections --
+
+    def connect(self):
+        """Log in once (following ``HOST_IS_SLAVE``) and find this host."""
+        self._idle.put(self._grow_or_wait())
+        self.host_ref = self._this_host()
+        return self
+
+    def _this_host(self):
+        with self._borrow() as conn:
+            return self._request(conn, 'session.get_this_host',
+                                 [conn.handle])
+
+    def _new_connection(self):
+        attempt = 0
+        while True:
+            conn = _Connection(self, self.url)
+            try:
+                conn.login()
+            except self.xenapi.Failure as exc:
+                details = list(exc.details)
+                if details and details[0] == 'HOST_IS_SLAVE' and \
+                        len(details) > 1:
+                    master = master_url(self.url, details[1])
+                    LOG.info('XenAPI host %(old)s is a pool member; using '
+                             'the pool master at %(new)s.',
+                             {'old': self.url, 'new': master})
+                    if master == self.url:
+                        raise self._convert('session.login_with_password',
+                                            details)
+                    self.url = master
+                    continue
+                if details and details[0] == 'SESSION_AUTHENTICATION_FAILED':
+                    raise exception.XenAPIAuthenticationError(
+                        url=self.url, user=self.username,
+                        reason=scrub(details, self.secrets))
+                raise self._convert('session.login_with_password', details)
+            except (_NotSent,) + _AMBIGUOUS as exc:
+                conn.transport.close()
+                if isinstance(exc, ssl.SSLError) or attempt >= self.retries:
+                    raise exception.XenAPIConnectionError(
+                        url=self.url, method='session.login_with_password',
+                        reason=scrub(getattr(exc, 'cause', exc),
+                                     self.secrets))
+                self._backoff(attempt, 'session.login_with_password', exc)
+                attempt += 1
+                continue
+            with self._lock:
+                self._all.append(conn)
+            return conn
+
+    @contextlib.contextmanager
+    def _borrow(self):
+        if self._closed:
+            raise exception.XenAPINFSException(reason='session is closed')
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._grow_or_wait()
+        try:
+            yield conn
+        finally:
+            if self._closed:
+                conn.logout()
+            else:
+                self._idle.put(conn)
+
+    def _grow_or_wait(self):
+        # The slot is taken under the lock before the (slow) login, so
+        # that concurrent callers never log in more than max_connections.
+        with self._lock:
+            grow = self._slots < self.max_connections
+            if grow:
+                self._slots += 1
+        if not grow:
+            return self._idle.get()
+        try:
+            return self._new_connection()
+        except BaseException:
+            with self._lock:
+                self._slots -= 1
+            raise
+
+    @contextlib.contextmanager
+    def borrow(self):
+        """Hold one connection: its ``handle`` stays valid meanwhile.
+
+        For HTTP transfers, which pass the session id in the URL.
+        """
+        with self._borrow() as conn:
+            yield _Borrowed(self, conn)
+
+    def close(self):
+        """Log out every connection. The session is unusable afterwards."""
+        self._closed = True
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.logout()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- calls --
+
+    def call(self, method, *args, secrets=()):
+        """Call ``Class.method`` with ``args`` (the session is prepended).
+
+        :raises XenAPIError: the host answered with a failure.
+        :raises XenAPIConnectionError: the host could not be reached.
+        """
+        with self._borrow() as conn:
+            return self._request(conn, method, args, secrets)
+
+    def _request(self, conn, method, args, secrets=()):
+        args = check_args(list(args), method)
+        attempt = 0
+        while True:
+            conn.drop_idle_socket()
+            LOG.debug('XenAPI call %s', method)
+            try:
+                return conn.request(method, args)
+            except self.xenapi.Failure as exc:
+                raise self._convert(method, exc.details, secrets)
+            except xmlrpc.client.Fault as exc:
+                # The client library's own errors: a session it could not
+                # renew, or an answer without Status.
+                raise exception.XenAPIError(
+                    method, ['XMLRPC_FAULT', str(exc.faultCode),
+                             scrub(exc.faultString,
+                                   self.secrets | set(secrets))])
+            except (_NotSent,) + _AMBIGUOUS as exc:
+                conn.transport.close()
+                sent = not isinstance(exc, _NotSent)
+                cause = getattr(exc, 'cause', exc)
+                retry = (not isinstance(cause, ssl.SSLError) and
+                         (not sent or is_safe(method)))
+                if not retry or attempt >= self.retries:
+                    raise exception.XenAPIConnectionError(
+                        url=self.url, method=method,
+                        reason=scrub(cause, self.secrets | set(secrets)))
+                self._backoff(attempt, method, cause)
+                attempt += 1
+
+    def _backoff(self, attempt, method, exc):
+        delay = min(self.retry_interval * (2 ** attempt), 15.0)
+        LOG.warning('XenAPI %(method)s: connection to %(url)s failed '
+                    '(%(err)s); retrying in %(delay).1f s.',
+                    {'method': method, 'url': self.url, 'delay': delay,
+                     'err': scrub(getattr(exc, 'cause', exc), self.secrets)})
+        self._sleep(delay)
+
+    def _convert(self, method, details, secrets=()):
+        hidden = self.secrets | set(secrets)
+        return exception.XenAPIError(
+            method, [scrub(d, hidden) for d in (details or [])])
+
+    def call_async(self, method, *args, timeout=3600.0, poll=0.5,
+                   secrets=()):
+        """Run ``Async.<method>`` and wait for its task.
+
+        Long work (copies, plugin transfers) must not hang on one socket
+        read: the task is polled with short calls, cancelled on timeout,
+        and always destroyed.
+        """
+        task = self.call('Async.' + method, *args, secrets=secrets)
+        try:
+            return self.wait_task(task, method, timeout, poll, secrets)
+        finally:
+            try:
+                self.call('task.destroy', task)
+            except exception.XenAPINFSException as exc:
+                LOG.debug('task.destroy after %(m)s failed: %(e)s',
+                          {'m': method, 'e': exc})
+
+    def wait_task(self, task, method, timeout=3600.0, poll=0.5, secrets=()):
+        """Poll ``task`` until it ends; return its result or raise."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            rec = self.call('task.get_record', task)
+            status = rec.get('status')
+            if status == 'success':
+                return parse_task_result(rec.get('result', ''))
+            if status in ('failure', 'cancelled'):
+                raise self._convert(method, rec.get('error_info') or
+                                    ['TASK_' + status.upper()], secrets)
+            if time.monotonic() > deadline:
+                try:
+                    self.call('task.cancel', task)
+                except exception.XenAPINFSException:
+                    pass
+                raise exception.XenAPIConnectionError(
+                    url=self.url, method=method,
+                    reason='no answer after %d s' % timeout)
+            self._sleep(delay)
+            delay = min(delay * 2, poll)
+
+    def http_connection(self, timeout=None):
+        """A new HTTP(S) connection to the master, for XAPI's handlers."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme == 'https':
+            return http.client.HTTPSConnection(
+                parts.netloc, timeout=timeout or self.timeout,
+                context=self.ssl_context)
+        return http.client.HTTPConnection(parts.netloc,
+                                          timeout=timeout or self.timeout)
+
+
+class _Borrowed:
+    """A held connection: calls go through it, its handle stays valid."""
+
+    def __init__(self, session, conn):
+        self._session = session
+        self._conn = conn
+
+    @property
+    def handle(self):
+        return self._conn.handle
+
+    def call(self, method, *args, secrets=()):
+        return self._session._request(self._conn, method, args, secrets)
+
+
+def master_url(url, address):
+    """``url`` with its host replaced by ``address``, scheme and port kept."""
+    parts = urllib.parse.urlsplit(url)
+    host = address
+    if ':' in host and not host.startswith('['):
+        host = '[%s]' % host  # an IPv6 address in a URL
+    netloc = host if parts.port is None else '%s:%d' % (host, parts.port)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
+                                    parts.query, parts.fragment)).rstrip('/')
+
+
+def parse_task_result(text):
+    """Decode a task's ``result``: an XML-RPC ``<value>`` as a string."""
+    if not text:
+        return ''
+    body = ('<?xml version="1.0"?><methodResponse><params><param>%s'
+            '</param></params></methodResponse>' % text)
+    try:
+        return xmlrpc.client.loads(body)[0][0]
+    except Exception:
+        # Some XAPI versions return a bare value, not wrapped in <value>.
+        return text

@@ -1,0 +1,319 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""NFS storage repositories and the VDIs in them.
+
+XenAPI idioms used here, once:
+
+* Refs are valid for a session only; uuids are permanent. Functions take
+  and return uuids where a caller keeps them (``provider_location``).
+* ``get_all_records_where`` finds objects in one call and without the race
+  of ``get_all`` followed by ``get_record`` on objects that may vanish.
+* ``UUID_INVALID`` and ``HANDLE_INVALID`` mean "gone": deleting something
+  already gone is success.
+* An NFS SR is one directory ``<serverpath>/<sr_uuid>`` on the export, one
+  ``<vdi_uuid>.vhd`` per VDI. A host knows an SR through its record and a
+  plugged PBD; ``SR.introduce`` + ``PBD.create`` + ``PBD.plug`` make a host
+  that forgot it know it again, files untouched.
+* Snapshots and clones on a file SR are copy-on-write: the data moves to a
+  hidden parent, and ``sm_config['vhd-parent']`` names it.
+"""
+
+import contextlib
+import re
+import uuid as uuidlib
+
+from oslo_log import log as logging
+
+from xenapinfs_driver import exception
+
+LOG = logging.getLogger(__name__)
+
+# other_config key marking the SR a backend owns, so a restart finds it.
+TAG_KEY = 'xenapinfs-driver-backend'
+GONE = ('UUID_INVALID', 'HANDLE_INVALID', 'VDI_MISSING')
+VDI_BLOCK = 2 * 1024 * 1024  # a file SR's VHDs grow by 2 MiB blocks
+
+
+def is_gone(exc):
+    return isinstance(exc, exception.XenAPIError) and exc.error in GONE
+
+
+def _query(**fields):
+    return ' and '.join('field "%s"="%s"' % (k, str(v).replace('"', ''))
+                        for k, v in fields.items())
+
+
+# -- storage repositories ------------------------------------------------
+
+def find_sr(session, tag):
+    """The ref of the NFS SR tagged ``tag``, or ``None``."""
+    found = [ref for ref, rec in session.call(
+        'SR.get_all_records_where', _query(type='nfs')).items()
+        if rec.get('other_config', {}).get(TAG_KEY) == tag]
+    if len(found) > 1:
+        raise exception.XenAPINFSException(
+            reason='%d SRs carry other_config %s=%s; keep one'
+            % (len(found), TAG_KEY, tag))
+    return found[0] if found else None
+
+
+def sr_by_uuid(session, sr_uuid):
+    try:
+        return session.call('SR.get_by_uuid', sr_uuid)
+    except exception.XenAPIError as exc:
+        if is_gone(exc):
+            return None
+        raise
+
+
+def create_nfs_sr(session, server, serverpath, name, tag):
+    """Create an NFS SR on ``server:serverpath`` and tag it as ours."""
+    device = {'server': server, 'serverpath': serverpath}
+    sr = session.call('SR.create', session.host_ref, device, '0', name,
+                      'Cinder volumes (xenapinfs-driver)', 'nfs', 'user',
+                      True, {})
+    try:
+        session.call('SR.add_to_other_config', sr, TAG_KEY, tag)
+    except exception.XenAPINFSException:
+        with _cleanup('SR %s' % sr):
+            forget_sr(session, sr)
+        raise
+    LOG.info('Created NFS SR %(sr)s on %(server)s:%(path)s for %(tag)s.',
+             {'sr': session.call('SR.get_uuid', sr), 'server': server,
+              'path': serverpath, 'tag': tag})
+    return sr
+
+
+def introduce_nfs_sr(session, sr_uuid, server, serverpath, name=''):
+    """Make the host know an existing NFS SR again; return its ref.
+
+    On failure everything introduced is forgotten again: the files on the
+    export are never touched.
+    """
+    sr = session.call('SR.introduce', sr_uuid, name or sr_uuid,
+                      'Cinder volumes (xenapinfs-driver)', 'nfs', 'user',
+                      True, {})
+    try:
+        plug_sr(session, sr, server, serverpath)
+        session.call('SR.scan', sr)
+    except exception.XenAPINFSException:
+        with _cleanup('SR %s' % sr_uuid):
+            forget_sr(session, sr)
+        raise
+    return sr
+
+
+def plug_sr(session, sr, server, serverpath):
+    """Make sure this host has a plugged PBD for ``sr``."""
+    pbds = session.call('PBD.get_all_records_where', _query(
+        SR=sr, host=session.host_ref))
+    if pbds:
+        ref, rec = next(iter(pbds.items()))
+        if not rec.get('currently_attached'):
+            session.call('PBD.plug', ref)
+        return ref
+    device = {'server': server, 'serverpath': serverpath}
+    pbd = session.call('PBD.create', {'host': session.host_ref, 'SR': sr,
+                                      'device_config': device,
+                                      'other_config': {}})
+    try:
+        session.call('PBD.plug', pbd)
+    except exception.XenAPINFSException:
+        with _cleanup('PBD %s' % pbd):
+            session.call('PBD.destroy', pbd)
+        raise
+    return pbd
+
+
+def forget_sr(session, sr):
+    """Unplug every PBD of ``sr`` and forget it; its files stay."""
+    for pbd in session.call('SR.get_PBDs', sr):
+        rec = session.call('PBD.get_record', pbd)
+        if rec.get('currently_attached'):
+            session.call('PBD.unplug', pbd)
+    session.call('SR.forget', sr)
+
+
+def find_or_create_nfs_sr(session, server, serverpath, tag, name,
+                          sr_uuid=None):
+    """The backend's SR: found by tag (or uuid), introduced, or created.
+
+    :param sr_uuid: adopt this SR instead (one the host may have forgot).
+    :returns: ``(ref, uuid)``, with the SR plugged on this host.
+    """
+    sr = sr_by_uuid(session, sr_uuid) if sr_uuid else find_sr(session, tag)
+    if sr is None and sr_uuid:
+        sr = introduce_nfs_sr(session, sr_uuid, server, serverpath, name)
+        session.call('SR.add_to_other_config', sr, TAG_KEY, tag)
+    elif sr is None:
+        sr = create_nfs_sr(session, server, serverpath, name, tag)
+    else:
+        plug_sr(session, sr, server, serverpath)
+        if sr_uuid:
+            session.call('SR.remove_from_other_config', sr, TAG_KEY)
+            session.call('SR.add_to_other_config', sr, TAG_KEY, tag)
+    return sr, session.call('SR.get_uuid', sr)
+
+
+def probe_nfs_srs(session, server, serverpath):
+    """The uuids of the SR directories on an NFS export (``SR.probe``)."""
+    device = {'server': server, 'serverpath': serverpath}
+    answer = session.call('SR.probe', session.host_ref, device, 'nfs', {})
+    return set(re.findall(r'<UUID>\s*([0-9a-fA-F-]+)\s*</UUID>', answer))
+
+
+@contextlib.contextmanager
+def attached_sr(session, sr_uuid, server, serverpath):
+    """Yield the ref of SR ``sr_uuid``, introducing it for the duration.
+
+    For volumes of the old driver, which kept one SR per volume and
+    forgot each after use. An SR the host already knows is left as found.
+    """
+    sr = sr_by_uuid(session, sr_uuid)
+    if sr is not None:
+        plug_sr(session, sr, server, serverpath)
+        yield sr
+        return
+    sr = introduce_nfs_sr(session, sr_uuid, server, serverpath)
+    try:
+        yield sr
+    finally:
+        with _cleanup('SR %s' % sr_uuid):
+            forget_sr(session, sr)
+
+
+def sr_capacity(session, sr):
+    """``(total, used, provisioned)`` bytes of ``sr`` (after a scan)."""
+    rec = session.call('SR.get_record', sr)
+    return (int(rec.get('physical_size') or 0),
+            int(rec.get('physical_utilisation') or 0),
+            int(rec.get('virtual_allocation') or 0))
+
+
+# -- VDIs --------------------------------------------------------------------
+
+def round_size(size):
+    """``size`` rounded up to the 2 MiB a file SR allocates by."""
+    return -(-int(size) // VDI_BLOCK) * VDI_BLOCK
+
+
+def vdi_by_uuid(session, vdi_uuid):
+    """The VDI's ref, or ``None`` when the host has no such VDI."""
+    try:
+        return session.call('VDI.get_by_uuid', vdi_uuid)
+    except exception.XenAPIError as exc:
+        if is_gone(exc):
+            return None
+        raise
+
+
+def create_vdi(session, sr, size, name, description='', other_config=None):
+    """A new empty VDI of ``size`` bytes; returns ``(ref, uuid)``."""
+    ref = session.call('VDI.create', {
+        'name_label': name, 'name_description': description, 'SR': sr,
+        'virtual_size': str(int(size)), 'type': 'user', 'sharable': False,
+        'read_only': False, 'other_config': dict(other_config or {}),
+        'xenstore_data': {}, 'sm_config': {}, 'tags': []})
+    return ref, session.call('VDI.get_uuid', ref)
+
+
+def destroy_vdi(session, vdi_uuid):
+    """Destroy a VDI by uuid. ``False`` if it was already gone."""
+    ref = vdi_by_uuid(session, vdi_uuid)
+    if ref is None:
+        return False
+    try:
+        session.call('VDI.destroy', ref)
+    except exception.XenAPIError as exc:
+        if is_gone(exc):
+            return False
+        raise
+    return True
+
+
+def _labelled(session, ref, name, description):
+    session.call('VDI.set_name_label', ref, name)
+    session.call('VDI.set_name_description', ref, description)
+
+
+def snapshot_vdi(session, ref, name, description=''):
+    """A copy-on-write snapshot of ``ref``; returns ``(ref, uuid)``."""
+    snap = session.call('VDI.snapshot', ref, {})
+    with _undo_on_error(session, snap):
+        _labelled(session, snap, name, description)
+        return snap, session.call('VDI.get_uuid', snap)
+
+
+def clone_vdi(session, ref, name, description='', size=None):
+    """A writable copy-on-write clone, grown to ``size`` if larger."""
+    new = session.call('VDI.clone', ref, {})
+    with _undo_on_error(session, new):
+        _labelled(session, new, name, description)
+        if size is not None:
+            grow_vdi(session, new, size)
+        return new, session.call('VDI.get_uuid', new)
+
+
+def copy_vdi(session, ref, sr, name, description='', timeout=3600.0):
+    """A full, independent copy of ``ref`` into ``sr``."""
+    new = session.call_async('VDI.copy', ref, sr, timeout=timeout)
+    with _undo_on_error(session, new):
+        _labelled(session, new, name, description)
+        return new, session.call('VDI.get_uuid', new)
+
+
+def grow_vdi(session, ref, size):
+    """Grow ``ref`` to at least ``size`` bytes; never shrinks."""
+    if int(session.call('VDI.get_virtual_size', ref)) < int(size):
+        session.call('VDI.resize', ref, str(round_size(size)))
+
+
+def vdi_chain(session, ref, max_depth=64):
+    """The uuids of ``ref``'s VHD chain, leaf first, base last."""
+    chain = []
+    rec = session.call('VDI.get_record', ref)
+    while True:
+        chain.append(rec['uuid'])
+        parent = rec.get('sm_config', {}).get('vhd-parent')
+        if not parent:
+            return chain
+        if parent in chain or len(chain) >= max_depth:
+            raise exception.XenAPINFSException(
+                reason='VDI %s: vhd-parent chain loops or is deeper than %d'
+                % (chain[0], max_depth))
+        rec = session.call('VDI.get_record',
+                           session.call('VDI.get_by_uuid', parent))
+
+
+@contextlib.contextmanager
+def _undo_on_error(session, ref):
+    """Destroy the VDI ``ref`` if the block fails, then re-raise."""
+    try:
+        yield
+    except Exception:
+        with _cleanup('VDI %s' % ref):
+            session.call('VDI.destroy', ref)
+        raise
+
+
+@contextlib.contextmanager
+def _cleanup(what):
+    """Cleanup that must not hide the error being handled."""
+    try:
+        yield
+    except Exception as exc:
+        LOG.warning('Cleaning up %(what)s failed: %(err)s',
+                    {'what': what, 'err': exc})
+
+
+def new_uuid():
+    return str(uuidlib.uuid4())

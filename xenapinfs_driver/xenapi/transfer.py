@@ -1,0 +1,195 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Disk data in and out of a VDI through XAPI's HTTP handlers.
+
+``PUT /import_raw_vdi`` and ``GET /export_raw_vdi`` (XenServer 6.5 and
+later, any SR type) move a disk as ``raw`` bytes or as one ``vhd`` stream,
+without a dom0 plugin. Each transfer runs under a task: the HTTP status
+says the bytes moved, the task says whether XAPI wrote them.
+
+The session id travels in the query string, so URLs are never logged.
+"""
+
+import contextlib
+import http.client
+import shutil
+import urllib.parse
+
+from oslo_log import log as logging
+
+from xenapinfs_driver import exception
+
+LOG = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+FORMATS = ('raw', 'vhd')
+
+
+def _path(handler, handle, task, vdi, fmt):
+    query = urllib.parse.urlencode([('session_id', handle),
+                                    ('task_id', task), ('vdi', vdi),
+                                    ('format', fmt)])
+    return '/%s?%s' % (handler, query)
+
+
+def _check_format(fmt):
+    if fmt not in FORMATS:
+        raise exception.ImageTransferError(
+            reason='unknown transfer format %r (raw or vhd)' % fmt)
+
+
+@contextlib.contextmanager
+def _task(held, label):
+    task = held.call('task.create', label, 'xenapinfs-driver transfer')
+    try:
+        yield task
+    finally:
+        try:
+            held.call('task.destroy', task)
+        except exception.XenAPINFSException as exc:
+            LOG.debug('task.destroy failed: %s', exc)
+
+
+def _finish(session, held, task, what, status, reason):
+    """Raise unless both the HTTP answer and the task say success."""
+    rec = _settled(session, held, task, what)
+    if rec.get('status') == 'failure':
+        raise exception.XenAPIError(what, rec.get('error_info') or
+                                    ['TASK_FAILURE'])
+    if status != 200:
+        raise exception.ImageTransferError(
+            reason='%s answered HTTP %d %s' % (what, status, reason))
+
+
+def _settled(session, held, task, what):
+    """The task's record once it has left ``pending`` (bounded wait)."""
+    delay, waited = 0.02, 0.0
+    while True:
+        rec = held.call('task.get_record', task)
+        if rec.get('status') != 'pending' or waited > session.timeout:
+            return rec
+        session._sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 1.0)
+
+
+def import_vdi(session, vdi_ref, source, length, fmt='vhd', progress=None):
+    """Write ``length`` bytes read from file object ``source`` into a VDI.
+
+    With ``fmt='vhd'`` the bytes are one VHD whose disk becomes the VDI's
+    content; with ``'raw'`` they are the disk itself, from offset 0.
+    """
+    _check_format(fmt)
+    what = 'PUT /import_raw_vdi'
+    with session.borrow() as held, _task(held, 'import_raw_vdi') as task:
+        conn = session.http_connection()
+        try:
+            conn.putrequest('PUT', _path('import_raw_vdi', held.handle,
+                                         task, vdi_ref, fmt))
+            conn.putheader('Content-Type', 'application/octet-stream')
+            conn.putheader('Content-Length', str(int(length)))
+            conn.endheaders()
+            left = int(length)
+            while left:
+                data = source.read(min(CHUNK, left))
+                if not data:
+                    raise exception.ImageTransferError(
+                        reason='the source ended %d bytes early' % left)
+                conn.send(data)
+                left -= len(data)
+                if progress:
+                    progress(len(data))
+            resp = conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            # The host may still report why it hung up: ask the task.
+            conn.close()
+            _finish_after_error(session, held, task, what)
+            raise exception.XenAPIConnectionError(url=session.url,
+                                                  method=what, reason=exc)
+        except BaseException:
+            # Our side gave up (a short or failing source): hang up, and
+            # let the host notice before the caller touches the VDI again.
+            conn.close()
+            _settled(session, held, task, what)
+            raise
+        finally:
+            conn.close()
+        _finish(session, held, task, what, resp.status, resp.reason)
+
+
+def _finish_after_error(session, held, task, what):
+    rec = _settled(session, held, task, what)
+    if rec.get('status') == 'failure':
+        raise exception.XenAPIError(what, rec.get('error_info') or
+                                    ['TASK_FAILURE'])
+
+
+class _Reader:
+    """The response body; a broken connection becomes our error."""
+
+    def __init__(self, resp, url, what):
+        self._resp = resp
+        self._url = url
+        self._what = what
+
+    def read(self, n=-1):
+        try:
+            return self._resp.read(n)
+        except (OSError, http.client.HTTPException) as exc:
+            raise exception.XenAPIConnectionError(
+                url=self._url, method=self._what, reason=exc)
+
+
+@contextlib.contextmanager
+def export_vdi(session, vdi_ref, fmt='vhd'):
+    """Yield ``(stream, length)`` for the VDI's disk as ``raw`` or ``vhd``.
+
+    ``length`` is ``None`` when the host sends no Content-Length. The
+    task is checked when the block ends without error.
+    """
+    _check_format(fmt)
+    what = 'GET /export_raw_vdi'
+    with session.borrow() as held, _task(held, 'export_raw_vdi') as task:
+        conn = session.http_connection()
+        try:
+            try:
+                conn.request('GET', _path('export_raw_vdi', held.handle,
+                                          task, vdi_ref, fmt))
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                _finish_after_error(session, held, task, what)
+                raise exception.XenAPIConnectionError(
+                    url=session.url, method=what, reason=exc)
+            if resp.status != 200:
+                resp.read()
+                _finish(session, held, task, what, resp.status, resp.reason)
+            length = resp.getheader('Content-Length')
+            reader = _Reader(resp, session.url, what)
+            yield reader, (int(length) if length is not None else None)
+            while reader.read(CHUNK):
+                pass  # drain, so the task can complete
+        finally:
+            conn.close()
+        _finish(session, held, task, what, 200, 'OK')
+
+
+def export_to_file(session, vdi_ref, dest, fmt='vhd'):
+    """Save the VDI's disk to the open file ``dest``; return bytes written."""
+    with export_vdi(session, vdi_ref, fmt) as (stream, length):
+        before = dest.tell()
+        shutil.copyfileobj(stream, dest, CHUNK)
+        written = dest.tell() - before
+    if length is not None and written != length:
+        raise exception.ImageTransferError(
+            reason='export of VDI sent %d of %d bytes' % (written, length))
+    return written
