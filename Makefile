@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := qemu-utils e2fsprogs openssl rabbitmq-server
+SYSTEM_PACKAGES := qemu-utils e2fsprogs fdisk openssl rabbitmq-server
 
 .PHONY: demo test unit e2e bench lint venv system-deps clean
 
@@ -35,7 +35,7 @@ test: system-deps venv lint
 	$(BIN)/python -m pytest tests
 
 demo: system-deps venv
-	$(BIN)/python tools/demo.py
+	$(BIN)/python tools/demo.py $(ARGS)
 
 bench: system-deps venv
 	$(BIN)/python bench/bench_convert.py $(ARGS)

@@ -204,10 +204,14 @@ class Stack:
                 '--os-auth-token', 'noauth']
 
     def openstack_env(self) -> dict:
-        """The same as environment variables, for a shell."""
+        """The same as environment variables, for a shell.
+
+        cinderclient takes the older ``OS_AUTH_SYSTEM`` for its noauth
+        plugin; ``OS_AUTH_TYPE`` would also send glanceclient to keystone.
+        """
         env = {}
         if self.cinder:
-            env.update({'OS_AUTH_TYPE': 'noauth',
+            env.update({'OS_AUTH_SYSTEM': 'noauth',
                         'OS_USER_ID': cindermod.ADMIN[0],
                         'OS_PROJECT_ID': cindermod.ADMIN[1],
                         'CINDER_ENDPOINT': self.cinder.url,
