@@ -21,7 +21,7 @@ bitmaps, the batmap and both footer copies are kept up to date.
 from __future__ import annotations
 
 import array
-import bisect
+import heapq
 import os
 import sys
 
@@ -31,6 +31,7 @@ from xenapinfs_driver.vhd import layer as layermod
 from xenapinfs_driver.vhd import writer
 
 ALIGN = writer.ALIGN
+_SORT_SLICE = 1 << 16
 
 
 def big_endian(values: array.array) -> bytes:
@@ -173,38 +174,57 @@ class VhdFile:
                 (self.header.table_offset, self.table_end, 'the BAT')]
         for i, loc in enumerate(self.header.locators):
             if loc.code and loc.data_length:
-                meta.append((loc.data_offset, loc.data_offset
-                             + max(loc.data_length, loc.data_space
-                                   if loc.data_space >= fmt.SECTOR
-                                   else loc.data_space * fmt.SECTOR),
-                             'parent locator %d' % i))
-        keys = sorted((e << 32) | i for i, e in enumerate(self.bat)
-                      if e != fmt.BAT_UNUSED)
-        blocks = [((k >> 32) * fmt.SECTOR, k & 0xFFFFFFFF) for k in keys]
+                end = loc.data_offset + max(
+                    loc.data_length, loc.data_space
+                    if loc.data_space >= fmt.SECTOR
+                    else loc.data_space * fmt.SECTOR)
+                # As the stream reader: parent_path reads and set_parent
+                # writes there, and an offset past the end (up to 2**64)
+                # made os.pread raise OverflowError or EINVAL.
+                if end > self.footer_offset:
+                    raise errors.InvalidHeader(
+                        'data of %d bytes at %d does not fit in the file'
+                        % (end - loc.data_offset, loc.data_offset),
+                        field='parent locator %d' % i)
+                meta.append((loc.data_offset, end, 'parent locator %d' % i))
+        # One 64-bit key per allocated block (sector << 32 | index), sorted
+        # in slices and merged: 8 bytes a block, where a list of
+        # (offset, index) tuples cost ~190 (800 MiB for 4 Mi entries).
+        keys = array.array('Q', ((e << 32) | i for i, e in enumerate(self.bat)
+                                 if e != fmt.BAT_UNUSED))
+        runs = [array.array('Q', sorted(keys[i:i + _SORT_SLICE]))
+                for i in range(0, len(keys), _SORT_SLICE)]
         del keys
-        for idx_pos, (off, idx) in enumerate(blocks):
+        regions = list(meta)
+        if self.batmap_offset is not None:
+            regions.append((self.batmap_offset, self.batmap_map_offset
+                            + len(self.batmap), None))
+        # The first block at or past start - span + 1 is the only one
+        # that may overlap a region: found in the same pass.
+        first = [None] * len(regions)
+        prev = None
+        for key in heapq.merge(*runs):
+            off, idx = (key >> 32) * fmt.SECTOR, key & 0xFFFFFFFF
             if off + span > self.footer_offset:
                 raise errors.InvalidTable(
                     'block %d at offset %d runs past the end of the file'
                     % (idx, off), field='BAT entry %d' % idx)
-            if idx_pos and off < blocks[idx_pos - 1][0] + span:
+            if prev is not None and off < prev[0] + span:
                 raise errors.InvalidTable(
-                    'offset %d overlaps block %d'
-                    % (off, blocks[idx_pos - 1][1]),
+                    'offset %d overlaps block %d' % (off, prev[1]),
                     field='BAT entry %d' % idx)
-        for start, end, what in meta:
-            pos = bisect.bisect_left(blocks, (start - span + 1, -1))
-            if pos < len(blocks) and blocks[pos][0] < end:
-                off, idx = blocks[pos]
-                raise errors.InvalidTable('offset %d overlaps %s'
-                                          % (off, what),
-                                          field='BAT entry %d' % idx)
-        if self.batmap_offset is not None:
-            start = self.batmap_offset
-            end = self.batmap_map_offset + len(self.batmap)
-            pos = bisect.bisect_left(blocks, (start - span + 1, -1))
-            if pos < len(blocks) and blocks[pos][0] < end:
-                self.batmap_offset = None       # not to be trusted
+            prev = (off, idx)
+            for r, (start, _, _) in enumerate(regions):
+                if first[r] is None and off >= start - span + 1:
+                    first[r] = prev
+        for (start, end, what), hit in zip(regions, first):
+            if hit is not None and hit[0] < end:
+                if what is None:
+                    self.batmap_offset = None       # not to be trusted
+                else:
+                    raise errors.InvalidTable('offset %d overlaps %s'
+                                              % (hit[0], what),
+                                              field='BAT entry %d' % hit[1])
 
     @property
     def table_end(self) -> int:

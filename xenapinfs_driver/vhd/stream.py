@@ -33,6 +33,7 @@ QUEUE_DEPTH = 8
 MAP_WINDOW = 16 << 20
 CLOSE_WAIT = 2.0
 GZIP_MAGIC = b'\x1f\x8b'
+MAX_GZIP_HEADER = 1 << 20
 
 
 def pick_zlib(name: str | None = None):
@@ -53,6 +54,27 @@ def pick_zlib(name: str | None = None):
             continue
     raise ValueError('unknown or unavailable zlib implementation %r'
                      % wanted)
+
+
+def gzip_header_length(buf) -> int | None:
+    """Bytes of the gzip member header buf starts with (RFC 1952, 2.3), or
+    None while buf does not hold all of it."""
+    if len(buf) < 10:
+        return None
+    flags, pos = buf[3], 10
+    if flags & 4:                               # FEXTRA
+        if len(buf) < pos + 2:
+            return None
+        pos += 2 + (buf[pos] | buf[pos + 1] << 8)
+    for bit in (8, 16):                         # FNAME, FCOMMENT
+        if flags & bit:
+            end = bytes(buf[pos:MAX_GZIP_HEADER]).find(b'\0')
+            if end < 0:
+                return None
+            pos += end + 1
+    if flags & 2:                               # FHCRC
+        pos += 2
+    return pos if pos <= len(buf) else None
 
 
 class RawReader:
@@ -173,6 +195,7 @@ class Inflater:
     def _inflate(self):
         dec = self._zlib.decompressobj(31)
         started = False
+        member_start = True
         buf = b''
         while not self._stop.is_set():
             if not buf:
@@ -191,6 +214,10 @@ class Inflater:
                         'offset %d' % (self.raw.consumed - len(buf)),
                         source=self.name)
                 dec = self._zlib.decompressobj(31)
+                member_start = True
+            if member_start:
+                buf = self._whole_header(buf)
+                member_start = False
             started = True
             while True:
                 out = dec.decompress(buf, CHUNK)
@@ -207,6 +234,21 @@ class Inflater:
             raise errors.ArchiveError(
                 'truncated gzip data: the compressed stream ends early',
                 source=self.name)
+
+    def _whole_header(self, buf):
+        """buf, read on until it holds its gzip member's whole header.
+
+        isal (1.9) refuses a valid member whose header has a CRC (FHCRC)
+        and is split between two decompress() calls: a pipe splits it after
+        the 2 bytes peeked at, a read may end inside a later member's.
+        """
+        while gzip_header_length(buf) is None and \
+                len(buf) < MAX_GZIP_HEADER:
+            more = self.raw.read_view(READ_SIZE)
+            if not more:
+                break
+            buf = bytes(buf) + bytes(more)
+        return buf
 
     def _drain_padding(self, data):
         while data:
