@@ -1,24 +1,76 @@
-"""Test-wide setup.
+"""Test-wide setup: keep cinder's eventlet away from the other tests.
 
-cinder's ``test.TestCase`` deletes every attribute of a test case in its
-cleanup, including pytest's own ``test*`` ones, which pytest 8 still
-reads after the test: keep those (a documented pytest-with-cinder shim).
+Importing ``cinder.tests.unit`` monkey-patches the whole process with
+eventlet. Our subprocess, pty and thread tests hang under it, so the tests
+that run cinder's code in-process (the "green" ones, listed below) run in a
+pytest process of their own: ``make test`` runs ``--tier=plain`` and then
+``--tier=green``. A plain ``pytest tests`` refuses to mix them rather than
+hang.
+
+cinder's ``test.TestCase`` also deletes every attribute of a test case in
+its cleanup, including pytest's own ``test*`` ones, which pytest still reads
+after the test: keep those (the usual pytest-with-cinder shim).
 """
 
-try:
-    from cinder.tests.unit import test as _cinder_test
-except ImportError:  # cinder absent: only the vhd tests can run
-    _cinder_test = None
+import os
+import sys
 
-if _cinder_test is not None and \
-        not getattr(_cinder_test.TestCase, '_xenapinfs_shim', False):
-    _original_cleanup = _cinder_test.TestCase._common_cleanup
+import pytest
 
-    def _common_cleanup(self):
-        keep = {k: v for k, v in self.__dict__.items()
-                if k.startswith('test')}
-        _original_cleanup(self)
-        self.__dict__.update(keep)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+GREEN = tuple(os.path.join(_HERE, *p.split('/')) for p in (
+    'unit/test_driver.py', 'unit/test_manage.py', 'unit/image',
+    'functional'))
 
-    _cinder_test.TestCase._common_cleanup = _common_cleanup
-    _cinder_test.TestCase._xenapinfs_shim = True
+
+def _is_green(path):
+    path = str(path)
+    return any(path == g or path.startswith(g + os.sep) for g in GREEN)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        '--tier', choices=('all', 'plain', 'green'), default='all',
+        help='plain: only the tests that must not share a process with '
+             "cinder's eventlet; green: only those that run cinder "
+             'in-process; all (default): both, which works only when the '
+             'selection holds one kind')
+
+
+def pytest_ignore_collect(collection_path, config):
+    tier = config.getoption('tier')
+    if tier == 'all':
+        return None
+    if tier == 'plain' and _is_green(collection_path):
+        return True
+    if tier == 'green' and not _is_green(collection_path) and \
+            collection_path.suffix == '.py' and \
+            collection_path.name.startswith('test_'):
+        return True
+    return None
+
+
+def pytest_collection_finish(session):
+    patched = sys.modules.get('cinder.monkey_patch')
+    if patched is not None and patched.is_patched():
+        plain = sorted({str(i.path) for i in session.items
+                        if not _is_green(i.path)})
+        if plain:
+            raise pytest.UsageError(
+                "cinder's eventlet monkey-patching is active and would hang "
+                'these tests: %s. Run them apart: pytest --tier=plain, then '
+                'pytest --tier=green (make test does).'
+                % ', '.join(os.path.relpath(p) for p in plain[:5]))
+    test = sys.modules.get('cinder.tests.unit.test')
+    if test is not None and not getattr(test.TestCase, '_xenapinfs_shim',
+                                        False):
+        original = test.TestCase._common_cleanup
+
+        def _common_cleanup(self):
+            keep = {k: v for k, v in self.__dict__.items()
+                    if k.startswith('test')}
+            original(self)
+            self.__dict__.update(keep)
+
+        test.TestCase._common_cleanup = _common_cleanup
+        test.TestCase._xenapinfs_shim = True

@@ -49,7 +49,9 @@ class Database:
     def create(self, cls: str, fields: dict | None = None) -> str:
         """A new record of cls; unset fields take their defaults."""
         sch = schema.SCHEMAS[cls]
-        fields = dict(fields or {})
+        # A deep copy: a record built from another one (snapshot, clone,
+        # copy) must not share its maps, as on a real host.
+        fields = copy.deepcopy(dict(fields or {}))
         unknown = set(fields) - set(sch.fields)
         if unknown:
             raise AssertionError('%s has no field %s' % (cls, sorted(unknown)))

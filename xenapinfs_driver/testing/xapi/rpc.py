@@ -183,8 +183,10 @@ class Listener(http.server.ThreadingHTTPServer):
             try:
                 conn = self.ssl_context.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as exc:
+                # str(exc): a record holding the exception would hold
+                # the socket open for as long as the record lives.
                 LOG.info('TLS handshake with %s failed: %s',
-                         client_address[0], exc)
+                         client_address[0], str(exc))
                 return
         with self._lock:
             self._conns.add(conn)
