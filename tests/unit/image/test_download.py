@@ -1,0 +1,378 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Images into volumes: clone_image and copy_image_to_volume.
+
+The stream path runs with cinder's in-memory FakeImageService; the dom0
+plugin path with the test server's dom0 glance plugin fetching from a real
+glance-api, and cinder's real GlanceImageService reading its metadata.
+"""
+
+import io
+import os
+import subprocess
+import tempfile
+import uuid
+
+from cinder import context
+from cinder import exception as cinder_exception
+from cinder.image import glance
+import cinder.privsep as cinder_privsep
+from cinder.tests.unit.image import fake as fake_image
+from oslo_config import cfg
+from oslo_utils import units
+import pytest
+
+from tests import stack_fixture
+from tests.unit import test_driver
+from tests import vhd_factory
+from xenapinfs_driver import driver
+from xenapinfs_driver import exception
+from xenapinfs_driver.testing.stack import glance as glancemod
+from xenapinfs_driver.xenapi import storage
+
+CONF = cfg.CONF
+MiB = units.Mi
+GiB = units.Gi
+pattern = test_driver.pattern
+glance_service = stack_fixture.glance_service
+PROJECT = 'project-dl'
+
+
+def image_service():
+    """cinder's in-memory image service, one per test."""
+    service = fake_image._FakeImageService()
+    # NOTE: the fake sets temp_images to a MagicMock, which cinder's
+    # TemporaryImages takes for a cache holding every image (a MagicMock
+    # "path"): fetch_to_raw then never downloads. Real services have None.
+    service.temp_images = None
+    return service
+
+
+def xenserver_tgz(seed=1, **kw):
+    """(tgz bytes, expected disk, layers) of a 3-layer XenServer image."""
+    files, disk, _specs = vhd_factory.standard_chain(seed=seed, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'image.tgz')
+        vhd_factory.xenserver_tgz(path, files)
+        with open(path, 'rb') as f:
+            return f.read(), disk, len(files)
+
+
+def big_tgz(size):
+    """A 2-layer XenServer image whose disk is ``size`` bytes, mostly holes."""
+    specs = [vhd_factory.LayerSpec(size, {0: ({0, 1, 2},
+                                              pattern(2 * MiB, 1))}),
+             vhd_factory.LayerSpec(2 * MiB, {0: (None,
+                                                 pattern(2 * MiB, 2))})]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'image.tgz')
+        vhd_factory.xenserver_tgz(path, vhd_factory.build_chain(specs))
+        with open(path, 'rb') as f:
+            return f.read()
+
+
+def bare_vhd(size, blocks):
+    """One dynamic VHD: (bytes, disk). ``blocks``: index -> data."""
+    spec = vhd_factory.LayerSpec(size, {i: (None, data)
+                                        for i, data in blocks.items()})
+    return (vhd_factory.build_chain([spec])[0],
+            vhd_factory.expected_disk([spec]))
+
+
+def qemu_image(raw, fmt, size=None):
+    """``raw`` (or an empty disk of ``size``) in qemu-img format ``fmt``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, 'disk.raw'), os.path.join(tmp, 'disk')
+        if raw is None:
+            subprocess.run(['qemu-img', 'create', '-q', '-f', fmt, dst,
+                            str(size)], check=True)
+        else:
+            with open(src, 'wb') as f:
+                f.write(raw)
+            subprocess.run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O',
+                            fmt, src, dst], check=True)
+        with open(dst, 'rb') as f:
+            return f.read()
+
+
+def run_privsep_in_process(testcase):
+    """cinder's qemu_img_info asks privsep's format inspector first.
+
+    NOTE: cinder's TestCase refuses to start a privsep daemon (it would
+    need root helpers); the inspector only reads the file, so it runs in
+    this process instead, as it does in cinder's own unit tests' mocks.
+    """
+    testcase.mock_object(cinder_privsep.sys_admin_pctxt, 'client_mode',
+                         False)
+
+
+class StreamDownloadTestCase(test_driver.DriverTestBase):
+
+    def setUp(self):
+        super().setUp()
+        self.images = image_service()
+        run_privsep_in_process(self)
+
+    def add_image(self, data, disk_format, container_format='bare'):
+        image_id = str(uuid.uuid4())
+        self.images.create(self.context, {
+            'id': image_id, 'name': 'img-%s' % disk_format,
+            'status': 'active', 'visibility': 'private', 'protected': False,
+            'disk_format': disk_format, 'container_format': container_format,
+            'size': len(data), 'properties': {}}, data=io.BytesIO(data))
+        return self.images.show(self.context, image_id)
+
+    def clone_image(self, image_meta, size=1):
+        vol = self.volume(size=size)
+        model, cloned = self.driver.clone_image(self.context, vol, None,
+                                                image_meta, self.images)
+        self.assertTrue(cloned)
+        vol.provider_location = model['provider_location']
+        return vol
+
+    def test_xenserver_chain(self):
+        data, disk, layers = xenserver_tgz()
+        vol = self.clone_image(self.add_image(data, 'vhd', 'ovf'))
+        self.assert_disk(vol, disk)
+        rec = self.record(vol)
+        self.assertEqual(vol.name, rec['name_label'])
+        self.assertEqual(vol.id, rec['other_config'][driver.VOLUME_KEY])
+        # The stream path writes one composed disk: no chain to inherit.
+        self.assertEqual([self.vdi_uuid(vol)],
+                         storage.vdi_chain(self.session, self.ref(vol)))
+        # The staging files went.
+        self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
+    def test_bare_vhd(self):
+        data, disk = bare_vhd(6 * MiB, {0: pattern(2 * MiB, 50),
+                                        2: pattern(2 * MiB, 51)})
+        vol = self.clone_image(self.add_image(data, 'vhd'))
+        self.assert_disk(vol, disk)
+
+    def test_copy_image_to_volume_keeps_the_vdi(self):
+        # What cinder's generic path (image cache on, ovf/vhd) calls.
+        data, disk, _layers = xenserver_tgz(seed=2)
+        image = self.add_image(data, 'vhd', 'ovf')
+        vol = self.new_volume()
+        location = vol.provider_location
+        self.driver.copy_image_to_volume(self.context, vol, self.images,
+                                         image['id'])
+        self.assertEqual(location, vol.provider_location)
+        self.assert_disk(vol, disk)
+
+    def test_qcow2_and_raw_through_cinder(self):
+        raw = pattern(3 * MiB, 52) + bytes(MiB) + pattern(MiB, 53)
+        for fmt in ('qcow2', 'raw'):
+            data = qemu_image(raw, fmt) if fmt != 'raw' else raw
+            image = self.add_image(data, fmt)
+            vol = self.volume()
+            # Not ours: cinder's generic path creates, then copies.
+            self.assertEqual((None, False), self.driver.clone_image(
+                self.context, vol, None, image, self.images))
+            vol.provider_location = self.driver.create_volume(vol)[
+                'provider_location']
+            self.driver.copy_image_to_volume(self.context, vol, self.images,
+                                             image['id'])
+            self.assert_disk(vol, raw)
+
+    def test_image_larger_than_the_volume(self):
+        big_vhd, _ = bare_vhd(GiB + 2 * MiB, {0: pattern(2 * MiB, 54)})
+        big = big_tgz(GiB + 2 * MiB)
+        big_qcow2 = qemu_image(None, 'qcow2', 2 * GiB)
+        for data, disk_format, container in (
+                (big_vhd, 'vhd', 'bare'), (big, 'vhd', 'ovf'),
+                (big_qcow2, 'qcow2', 'bare')):
+            image = self.add_image(data, disk_format, container)
+            if container == 'ovf' or disk_format == 'vhd':
+                # clone_image creates nothing for it.
+                with self.nothing_leaked():
+                    with self.assertRaises(
+                            cinder_exception.ImageUnacceptable) as err:
+                        self.clone_image(image)
+                self.assertIn(image['id'], str(err.exception))
+                self.assertIn('the size of the volume' if
+                              disk_format == 'vhd' else "doesn't fit",
+                              str(err.exception))
+            # An existing volume is left as it was.
+            before = pattern(MiB, 55)
+            vol = self.new_volume(data=before)
+            with self.assertRaises(cinder_exception.ImageUnacceptable):
+                self.driver.copy_image_to_volume(self.context, vol,
+                                                 self.images, image['id'])
+            self.assertEqual(before, self.read(vol, MiB))
+            self.assertEqual(str(GiB), self.record(vol)['virtual_size'])
+
+    def test_corrupt_images_are_named(self):
+        data, _disk, _layers = xenserver_tgz(seed=4)
+        files, _disk, _specs = vhd_factory.standard_chain(seed=5)
+        with tempfile.TemporaryDirectory() as tmp:
+            gap = os.path.join(tmp, 'gap.tgz')
+            vhd_factory.make_tar(gap, [('0.vhd', files[0]),
+                                       ('2.vhd', files[2])])
+            with open(gap, 'rb') as f:
+                gapped = f.read()
+        for bad, words in ((data[:len(data) // 2], ('gzip', 'end')),
+                           (b'\x1f\x8b' + bytes(600), ('gzip',)),
+                           (gapped, ('1.vhd',))):
+            image = self.add_image(bad, 'vhd', 'ovf')
+            with self.nothing_leaked():
+                with self.assertRaises(
+                        cinder_exception.ImageUnacceptable) as err:
+                    self.clone_image(image)
+            text = str(err.exception).lower()
+            for word in words:
+                self.assertIn(word, text)
+            self.assertNotIn('xenapinfs_img_', text)   # no temp file name
+
+    def test_failed_import_leaves_nothing(self):
+        data, disk = bare_vhd(4 * MiB, {1: pattern(2 * MiB, 56)})
+        image = self.add_image(data, 'vhd')
+        self.control.add_fault('http:import_raw_vdi', 'disk_full')
+        with self.nothing_leaked():
+            self.assertRaises(exception.XenAPINFSException,
+                              self.clone_image, image)
+
+    def test_clone_image_contract(self):
+        xs = self.add_image(xenserver_tgz(seed=6)[0], 'vhd', 'ovf')
+        bare = self.add_image(bare_vhd(2 * MiB, {0: pattern(2 * MiB, 58)})[0],
+                              'vhd')
+        other = self.add_image(b'\0' * 4096, 'raw')
+        self.control.clear_calls()
+        self.assertEqual((None, False), self.driver.clone_image(
+            self.context, self.volume(), None, other, self.images))
+        self.assertEqual([], self.control.calls())
+        for image in (xs, bare):
+            model, cloned = self.driver.clone_image(
+                self.context, self.volume(), None, image, self.images)
+            self.assertTrue(cloned)
+            self.assertTrue(model['provider_location'].startswith(
+                self.driver.sr_uuid + '/'))
+        # With the image-volume cache, ovf/vhd takes cinder's generic path
+        # (which caches it); a bare VHD is still ours: cinder cannot.
+        cached = self.make_driver(image_volume_cache_enabled=True)
+        cached.do_setup(self.context)
+        self.assertEqual((None, False), cached.clone_image(
+            self.context, self.volume(), None, xs, self.images))
+        self.assertTrue(cached.clone_image(
+            self.context, self.volume(), None, bare, self.images)[1])
+
+
+@pytest.fixture(scope='class')
+def _glance(request, glance_service):  # noqa: F811
+    request.cls.glance = glance_service
+
+
+class GlanceCaller:
+    """A real glance (the class's ``glance``) and cinder's glance image
+    service, called with the identity of a member of ``project``."""
+
+    project = PROJECT
+
+    def setUp(self):
+        super().setUp()
+        self.override_config('glance_api_servers', [self.glance.url])
+        self.context = context.RequestContext(
+            user_id='user', project_id=self.project,
+            roles=['member', 'reader'], auth_token='not-checked')
+        self.headers = glancemod.identity_headers(self.project)
+        real = glance.glanceclient.Client
+
+        # NOTE: this glance trusts identity headers (no keystone), and
+        # cinder with auth_strategy=noauth sends none: give its client the
+        # headers keystone's middleware would have set for the caller.
+        def client(version, endpoint, **params):
+            return real(version, endpoint,
+                        identity_headers=dict(self.headers), **params)
+        self.mock_object(glance.glanceclient, 'Client', client)
+        self.images = glance.GlanceImageService()
+
+
+@pytest.mark.usefixtures('_glance')
+class PluginDownloadTestCase(GlanceCaller, test_driver.DriverTestBase):
+    """dom0's download_vhd2 against glance-api, as the caller."""
+
+    driver_overrides = {'xenapi_image_transfer': 'plugin',
+                        'xenapi_plugin_retries': 0}
+
+    def setUp(self):
+        super().setUp()
+        self.assertIsNotNone(self.driver.downloader.glance_plugin)
+
+    def add_image(self, data, project_headers=None):
+        headers = project_headers or self.headers
+        image = self.glance.create_image(headers, name='xs',
+                                         container_format='ovf',
+                                         disk_format='vhd')
+        self.assertEqual(204, self.glance.upload(image['id'], data, headers))
+        return image['id']
+
+    def test_chain_into_a_new_volume(self):
+        data, disk, layers = xenserver_tgz(seed=8)
+        image = self.images.show(self.context, self.add_image(data))
+        self.assertEqual('ovf', image['container_format'])
+        vol = self.volume()
+        model, cloned = self.driver.clone_image(self.context, vol, None,
+                                                image, self.images)
+        self.assertTrue(cloned)
+        vol.provider_location = model['provider_location']
+        # The volume is the image's leaf, copy-on-write over its layers.
+        chain = storage.vdi_chain(self.session, self.ref(vol))
+        self.assertEqual(layers, len(chain))
+        self.assertEqual(self.vdi_uuid(vol), chain[0])
+        rec = self.record(vol)
+        self.assertEqual(str(GiB), rec['virtual_size'])
+        self.assertEqual(vol.name, rec['name_label'])
+        self.assertEqual(vol.id, rec['other_config'][driver.VOLUME_KEY])
+        self.assert_disk(vol, disk)
+        # dom0's staging directory went; every file is a VDI.
+        self.assertEqual(sorted('%s.vhd' % u for u in chain), self.files())
+        # Deleting the volume takes the image's layers with it.
+        self.driver.delete_volume(vol)
+        self.assertEqual([], self.files())
+
+    def test_into_an_existing_volume(self):
+        data, disk, _layers = xenserver_tgz(seed=9)
+        image_id = self.add_image(data)
+        vol = self.new_volume()
+        location = vol.provider_location
+        self.driver.copy_image_to_volume(self.context, vol, self.images,
+                                         image_id)
+        self.assertEqual(location, vol.provider_location)
+        self.assertEqual(disk, self.read(vol, len(disk)))
+        # The downloaded chain was copied in, then removed.
+        self.assertEqual(['%s.vhd' % self.vdi_uuid(vol)], self.files())
+
+    def test_too_large_is_refused_and_removed(self):
+        image = self.images.show(self.context,
+                                 self.add_image(big_tgz(GiB + 2 * MiB)))
+        with self.nothing_leaked():
+            with self.assertRaises(cinder_exception.ImageUnacceptable):
+                self.driver.clone_image(self.context, self.volume(), None,
+                                        image, self.images)
+        vol = self.new_volume(data=pattern(MiB, 57))
+        with self.nothing_leaked():
+            with self.assertRaises(cinder_exception.ImageUnacceptable):
+                self.driver.copy_image_to_volume(self.context, vol,
+                                                 self.images, image['id'])
+        self.assertEqual(pattern(MiB, 57), self.read(vol, MiB))
+
+    def test_the_callers_identity_reaches_glance(self):
+        # An image of another project is not the caller's to read.
+        theirs = self.add_image(xenserver_tgz(seed=11)[0],
+                                glancemod.identity_headers('someone-else'))
+        with self.nothing_leaked():
+            with self.assertRaises(exception.XenAPINFSException) as err:
+                self.driver.clone_image(
+                    self.context, self.volume(), None,
+                    {'id': theirs, 'container_format': 'ovf',
+                     'disk_format': 'vhd'}, self.images)
+        self.assertIn('404', str(err.exception))

@@ -1,0 +1,467 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Cinder volumes as VDIs on a XenServer / XCP-ng NFS storage repository.
+
+Each backend owns one NFS SR, found by a tag in its ``other_config`` (or
+pinned by ``xenapi_sr_uuid``) and created on first start; each volume and
+snapshot is a VDI in it, a VHD file ``<serverpath>/<sr>/<vdi>.vhd``, and
+``provider_location`` is ``<sr_uuid>/<vdi_uuid>``. Snapshots, clones and
+volumes from snapshots are copy-on-write VHD chains, never full copies.
+
+This module only turns cinder objects into calls of the layers below:
+``xenapi`` (session, SR/VDI operations) and ``image`` (glance transfers).
+"""
+
+from cinder import coordination
+from cinder import exception as cinder_exception
+from cinder.i18n import _
+from cinder import interface
+from cinder.volume import driver
+from cinder.volume import volume_utils
+from oslo_log import log as logging
+from oslo_utils import excutils
+from oslo_utils import units
+
+from xenapinfs_driver import exception
+from xenapinfs_driver.image import download
+from xenapinfs_driver.image import meta
+from xenapinfs_driver.image import upload
+from xenapinfs_driver import manage
+from xenapinfs_driver import opts
+from xenapinfs_driver.xenapi import session as xsession
+from xenapinfs_driver.xenapi import storage
+
+LOG = logging.getLogger(__name__)
+
+# other_config keys recording which cinder object a VDI belongs to, so an
+# operator looking at the SR (xe vdi-list) can tell.
+VOLUME_KEY = manage.VOLUME_KEY
+SNAPSHOT_KEY = 'cinder-snapshot-id'
+
+
+def parse_location(location):
+    """``(sr_uuid, vdi_uuid)`` from a ``provider_location``, or ``None``."""
+    if not location or location.count('/') != 1:
+        return None
+    sr_uuid, vdi_uuid = location.split('/')
+    return (sr_uuid, vdi_uuid) if sr_uuid and vdi_uuid else None
+
+
+@interface.volumedriver
+class XenAPINFSDriver(driver.VolumeDriver):
+    """Volumes as VHD files on a XenServer NFS SR, managed through XenAPI.
+
+    .. code-block:: none
+
+      Version history:
+        1.0.0 - Historical in-tree driver (2012-2014): one SR per volume,
+                create, delete, full-copy snapshots, plugin image paths.
+        2.0.0 - Out-of-tree rewrite: one SR per backend, copy-on-write
+                snapshots and clones, extend, revert, manage/unmanage,
+                real capacity, dom0 plugin and XAPI streaming image paths,
+                XenServer (ovf/vhd) images in and out, active-active.
+    """
+
+    VERSION = '2.0.0'
+    # ThirdPartySystems wiki page
+    CI_WIKI_NAME = 'XenAPINFS_CI'
+    SUPPORTS_ACTIVE_ACTIVE = True
+    driver_prefix = 'xenapinfs'
+    driver_volume_type = 'xensm'
+    storage_protocol = 'xensm'
+
+    def __init__(self, *args, session_factory=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(opts.xenapi_opts)
+        self._session_factory = session_factory or xsession.XenAPISession
+        self.session = None
+        self.sr = None
+        self.sr_uuid = None
+        self.downloader = None
+        self.uploader = None
+
+    @staticmethod
+    def get_driver_options():
+        return opts.xenapi_opts + driver.VolumeDriver._get_oslo_driver_opts(
+            'reserved_percentage', 'max_over_subscription_ratio',
+            'volume_backend_name')
+
+    # -- setup --
+
+    def _conf(self, name):
+        return self.configuration.safe_get(name)
+
+    def _backend(self):
+        return (self._conf('volume_backend_name') or
+                self.configuration.config_group or 'XenAPINFS')
+
+    def _required(self):
+        for name in ('xenapi_connection_url', 'xenapi_connection_password',
+                     'xenapi_nfs_server', 'xenapi_nfs_serverpath'):
+            if not self._conf(name):
+                raise cinder_exception.InvalidConfigurationValue(
+                    option=name, value=self._conf(name) and '***')
+
+    def do_setup(self, context):
+        """Log in to the host and find, introduce or create the SR."""
+        self._required()
+        c = self._conf
+        self.session = self._session_factory(
+            c('xenapi_connection_url'), c('xenapi_connection_username'),
+            c('xenapi_connection_password'),
+            originator='cinder-volume xenapinfs-driver %s' % self.VERSION,
+            timeout=c('xenapi_connection_timeout'),
+            retries=c('xenapi_connection_retries'),
+            verify=c('xenapi_ssl_verify'),
+            ca_bundle=c('xenapi_ssl_ca_bundle'),
+            max_connections=c('xenapi_connection_concurrent'))
+        try:
+            self.session.connect()
+            plugin = self._find_sr_and_plugin()
+        except Exception:
+            # A failed setup must not keep logins open on the host; cinder
+            # calls do_setup again when the service restarts.
+            with excutils.save_and_reraise_exception():
+                self.session.close()
+                self.session = self.sr = self.sr_uuid = None
+        depth = c('xenapi_max_chain_depth')
+        sr_path = '%s/%s' % (c('xenapi_sr_base_path').rstrip('/'),
+                             self.sr_uuid)
+        self.downloader = download.Downloader(
+            self.session, self.sr, sr_path, plugin, depth,
+            c('xenapi_image_timeout'))
+        self.uploader = upload.Uploader(
+            self.session, sr_path, plugin, depth,
+            c('xenapi_image_compression_level'))
+        LOG.info('XenAPINFS backend %(be)s uses SR %(sr)s; images move by '
+                 '%(how)s.', {'be': self._backend(), 'sr': self.sr_uuid,
+                              'how': 'the dom0 plugin' if plugin else
+                              'streaming'})
+
+    def _find_sr_and_plugin(self):
+        c = self._conf
+        tag = '%s@%s:%s' % (self._backend(), c('xenapi_nfs_server'),
+                            c('xenapi_nfs_serverpath'))
+        # Several volume services of one backend (active-active) start
+        # together: one finds or creates the SR, the others then find it.
+        with coordination.COORDINATOR.get_lock('%s-sr-%s' % (
+                self.driver_prefix, self._backend())):
+            self.sr, self.sr_uuid = storage.find_or_create_nfs_sr(
+                self.session, c('xenapi_nfs_server'),
+                c('xenapi_nfs_serverpath'), tag,
+                'Cinder %s' % self._backend(), c('xenapi_sr_uuid'))
+        return download.plugin_or_none(
+            self.session, c('xenapi_image_transfer'),
+            c('xenapi_plugin_retries'), c('xenapi_image_timeout'))
+
+    def check_for_setup_error(self):
+        if self.session is None or self.sr is None:
+            raise exception.XenAPINFSException(reason=_('do_setup failed'))
+        self.session.call('SR.get_record', self.sr)
+
+    # -- locations --
+
+    def _location(self, obj):
+        loc = parse_location(obj.provider_location)
+        if loc is None:
+            raise exception.XenAPINFSException(
+                reason=_('%(id)s has no valid provider_location (%(loc)r)')
+                % {'id': obj.id, 'loc': obj.provider_location})
+        return loc
+
+    def _vdi(self, obj):
+        """The ref of the VDI of a volume or snapshot in our SR."""
+        sr_uuid, vdi_uuid = self._location(obj)
+        if sr_uuid != self.sr_uuid:
+            raise exception.XenAPINFSException(
+                reason=_('%(id)s is in SR %(sr)s, a volume of the historical '
+                         'one-SR-per-volume layout: unmanage it and manage '
+                         'it again as "%(sr)s/%(vdi)s" to move it into this '
+                         'backend\'s SR')
+                % {'id': obj.id, 'sr': sr_uuid, 'vdi': vdi_uuid})
+        ref = storage.vdi_by_uuid(self.session, vdi_uuid)
+        if ref is None:
+            raise exception.XenAPINFSException(
+                reason=_('VDI %(vdi)s of %(id)s is missing from SR %(sr)s')
+                % {'vdi': vdi_uuid, 'id': obj.id, 'sr': sr_uuid})
+        return ref
+
+    def _model(self, vdi_uuid):
+        return {'provider_location': '%s/%s' % (self.sr_uuid, vdi_uuid)}
+
+    # -- volumes --
+
+    def create_volume(self, volume):
+        ref, vdi_uuid = storage.create_vdi(
+            self.session, self.sr, volume.size * units.Gi, volume.name,
+            volume.display_description or '', {VOLUME_KEY: volume.id})
+        return self._model(vdi_uuid)
+
+    @coordination.synchronized('{self.driver_prefix}-{volume.id}')
+    def delete_volume(self, volume):
+        self._destroy(volume)
+
+    def _destroy(self, obj):
+        loc = parse_location(obj.provider_location)
+        if loc is None:
+            LOG.info('%s has no VDI; nothing to delete.', obj.id)
+            return
+        sr_uuid, vdi_uuid = loc
+        if sr_uuid != self.sr_uuid:
+            return self._destroy_legacy(sr_uuid, vdi_uuid)
+        if not storage.destroy_vdi(self.session, vdi_uuid):
+            LOG.info('VDI %(vdi)s of %(id)s was already gone.',
+                     {'vdi': vdi_uuid, 'id': obj.id})
+
+    def _destroy_legacy(self, sr_uuid, vdi_uuid):
+        """Delete a volume of the old one-SR-per-volume layout.
+
+        Its SR is introduced for the duration and forgotten again, as the
+        old driver left it. An SR the export no longer holds took its
+        volume with it: that is "already gone", not a failure.
+        """
+        server = self._conf('xenapi_nfs_server')
+        path = self._conf('xenapi_nfs_serverpath')
+        if storage.sr_by_uuid(self.session, sr_uuid) is None and \
+                sr_uuid not in storage.probe_nfs_srs(self.session, server,
+                                                     path):
+            LOG.info('SR %(sr)s of VDI %(vdi)s is not on %(server)s:%(path)s '
+                     'any more; nothing to delete.',
+                     {'sr': sr_uuid, 'vdi': vdi_uuid, 'server': server,
+                      'path': path})
+            return
+        with storage.attached_sr(self.session, sr_uuid, server, path):
+            if not storage.destroy_vdi(self.session, vdi_uuid):
+                LOG.info('VDI %(vdi)s of SR %(sr)s was already gone.',
+                         {'vdi': vdi_uuid, 'sr': sr_uuid})
+
+    @coordination.synchronized('{self.driver_prefix}-{volume.id}')
+    def extend_volume(self, volume, new_size):
+        storage.grow_vdi(self.session, self._vdi(volume), new_size * units.Gi)
+
+    @coordination.synchronized('{self.driver_prefix}-{src_vref.id}')
+    def create_cloned_volume(self, volume, src_vref):
+        return self._clone(self._vdi(src_vref), volume)
+
+    def _clone(self, source, volume):
+        """A copy-on-write clone of VDI ``source`` as ``volume``."""
+        ref, vdi_uuid = storage.clone_vdi(
+            self.session, source, volume.name,
+            volume.display_description or '', volume.size * units.Gi)
+        self._own(ref, vdi_uuid, VOLUME_KEY, volume.id)
+        return self._model(vdi_uuid)
+
+    def _own(self, ref, vdi_uuid, key, value):
+        """Mark a new VDI as cinder's ``key`` ``value``, or destroy it.
+
+        A snapshot or clone inherits its source's ``other_config``: the
+        source's marks go, so that a snapshot never claims to be a volume.
+        """
+        try:
+            for old in (VOLUME_KEY, SNAPSHOT_KEY):
+                self.session.call('VDI.remove_from_other_config', ref, old)
+            self.session.call('VDI.add_to_other_config', ref, key, value)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                with _QuietCleanup('VDI %s' % vdi_uuid):
+                    storage.destroy_vdi(self.session, vdi_uuid)
+
+    # -- snapshots --
+
+    @coordination.synchronized('{self.driver_prefix}-{snapshot.volume_id}')
+    def create_snapshot(self, snapshot):
+        ref, vdi_uuid = storage.snapshot_vdi(
+            self.session, self._vdi(snapshot.volume), snapshot.name,
+            snapshot.display_description or '')
+        self._own(ref, vdi_uuid, SNAPSHOT_KEY, snapshot.id)
+        return self._model(vdi_uuid)
+
+    @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
+    def delete_snapshot(self, snapshot):
+        self._destroy(snapshot)
+
+    @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
+    def create_volume_from_snapshot(self, volume, snapshot):
+        return self._clone(self._vdi(snapshot), volume)
+
+    @coordination.synchronized('{self.driver_prefix}-{volume.id}')
+    def revert_to_snapshot(self, context, volume, snapshot):
+        """Point the volume at a fresh clone of the snapshot.
+
+        A file SR cannot rewind a VHD in place; a clone is instant. The
+        new VDI is recorded before the old one goes, so a crash between
+        the two leaves an orphan VDI, never a volume without data.
+        """
+        old_location = volume.provider_location
+        old = self._location(volume)[1]
+        model = self._clone(self._vdi(snapshot), volume)
+        try:
+            volume.provider_location = model['provider_location']
+            volume.save()
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                volume.provider_location = old_location
+                new = parse_location(model['provider_location'])[1]
+                with _QuietCleanup('VDI %s' % new):
+                    storage.destroy_vdi(self.session, new)
+        # The volume is reverted from here on: a VDI that will not go is
+        # an orphan to report, not a failed revert.
+        with _QuietCleanup('old VDI %s of volume %s' % (old, volume.id)):
+            storage.destroy_vdi(self.session, old)
+
+    # -- images --
+
+    def clone_image(self, context, volume, image_location, image_meta,
+                    image_service):
+        """Take VHD images here; cinder's generic path cannot read them.
+
+        A XenServer (ovf/vhd) image goes through cinder's generic path
+        when the image-volume cache is on, which ends in
+        :meth:`copy_image_to_volume` and lets the cache clone later
+        volumes; a bare VHD is taken here always, because the generic
+        path runs ``qemu-img info -f vhd``, which qemu-img refuses.
+        """
+        kind = meta.kind(image_meta)
+        if kind == meta.OTHER:
+            return None, False
+        if kind == meta.XENSERVER and \
+                self._conf('image_volume_cache_enabled'):
+            return None, False
+        _ref, vdi_uuid = self.downloader.new_vdi(
+            context, image_service, image_meta, volume.size * units.Gi,
+            volume.name, volume.display_description or '',
+            {VOLUME_KEY: volume.id})
+        return self._model(vdi_uuid), True
+
+    def copy_image_to_volume(self, context, volume, image_service, image_id,
+                             disable_sparse=False):
+        image_meta = image_service.show(context, image_id)
+        self.downloader.to_vdi(context, image_service, image_meta,
+                               self._location(volume)[1],
+                               volume.size * units.Gi)
+
+    @coordination.synchronized('{self.driver_prefix}-{volume.id}')
+    def copy_volume_to_image(self, context, volume, image_service,
+                             image_meta):
+        self.uploader.from_vdi(context, image_service, image_meta,
+                               self._location(volume)[1])
+
+    # -- attach (the historical xensm contract) --
+
+    def initialize_connection(self, volume, connector, initiator_data=None):
+        sr_uuid, vdi_uuid = self._location(volume)
+        return {
+            'driver_volume_type': self.driver_volume_type,
+            'data': {
+                'name_label': volume.display_name or '',
+                'name_description': volume.display_description or '',
+                'sr_uuid': sr_uuid,
+                'vdi_uuid': vdi_uuid,
+                'sr_type': 'nfs',
+                'server': self._conf('xenapi_nfs_server'),
+                'serverpath': self._conf('xenapi_nfs_serverpath'),
+                'introduce_sr_keys': ['sr_type', 'server', 'serverpath'],
+            },
+        }
+
+    def terminate_connection(self, volume, connector, **kwargs):
+        pass
+
+    def create_export(self, context, volume, connector):
+        pass
+
+    def ensure_export(self, context, volume):
+        pass
+
+    def remove_export(self, context, volume):
+        pass
+
+    # -- stats --
+
+    def _update_volume_stats(self):
+        data = {
+            'volume_backend_name': self._backend(),
+            'vendor_name': 'Open Source',
+            'driver_version': self.VERSION,
+            'storage_protocol': self.storage_protocol,
+            'total_capacity_gb': 'unknown',
+            'free_capacity_gb': 'unknown',
+            'reserved_percentage': self._conf('reserved_percentage') or 0,
+            'max_over_subscription_ratio':
+                self._conf('max_over_subscription_ratio') or 20.0,
+            'thin_provisioning_support': True,
+            'thick_provisioning_support': False,
+            'multiattach': False,
+            'QoS_support': False,
+            'sparse_copy_volume': True,
+            'backend_state': 'down',
+        }
+        try:
+            total, used, provisioned = storage.sr_capacity(self.session,
+                                                           self.sr)
+            data.update(total_capacity_gb=round(total / units.Gi, 2),
+                        free_capacity_gb=round(max(total - used, 0) /
+                                               units.Gi, 2),
+                        provisioned_capacity_gb=round(provisioned / units.Gi,
+                                                      2),
+                        backend_state='up')
+        except Exception as exc:  # stats must never raise
+            LOG.warning('Cannot read the capacity of SR %(sr)s: %(err)s',
+                        {'sr': self.sr_uuid, 'err': exc})
+        self._stats = data
+
+    def get_volume_stats(self, refresh=False):
+        if refresh or not self._stats:
+            self._update_volume_stats()
+        return self._stats
+
+    # -- manage / unmanage --
+
+    def manage_existing(self, volume, existing_ref):
+        return manage.manage_volume(self, volume, existing_ref)
+
+    def manage_existing_get_size(self, volume, existing_ref):
+        return manage.volume_size(self, existing_ref)
+
+    def unmanage(self, volume):
+        manage.unmanage(self, volume)
+
+    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
+                               sort_keys, sort_dirs):
+        entries = manage.list_volumes(self, cinder_volumes)
+        return volume_utils.paginate_entries_list(entries, marker, limit,
+                                                  offset, sort_keys,
+                                                  sort_dirs)
+
+    def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
+                                 offset, sort_keys, sort_dirs):
+        entries = manage.list_snapshots(self, cinder_snapshots)
+        return volume_utils.paginate_entries_list(entries, marker, limit,
+                                                  offset, sort_keys,
+                                                  sort_dirs)
+
+
+class _QuietCleanup:
+    """Run cleanup without letting its failure hide the first error."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        if not isinstance(exc, Exception):
+            return False    # success, or an interrupt that must go on
+        LOG.warning('Cleaning up %(what)s failed: %(err)s',
+                    {'what': self.what, 'err': exc})
+        return True

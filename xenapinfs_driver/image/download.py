@@ -1,0 +1,267 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Fill a VDI with an image's disk.
+
+Plugin path (XenServer images only): dom0 fetches the tgz from glance and
+moves its VHDs into the SR under fresh uuids, one per VHD, which dom0 pops
+from the end of the stack, the leaf (``0.vhd``) first; after ``SR.scan``
+the leaf is a new VDI on top of the image's chain. A volume made by
+:meth:`Downloader.new_vdi` (``clone_image``) simply is that VDI,
+copy-on-write over the image's layers. An existing volume
+(:meth:`Downloader.to_vdi`, ``copy_image_to_volume``) must keep its uuid,
+because cinder keeps its ``provider_location``: the leaf is copied into it
+by XAPI (``VDI.copy`` with ``into_vdi``, in dom0) and then destroyed.
+Existing VHD files are never overwritten: dom0 may refuse it, and tapdisk
+may hold the old file open.
+
+Stream path (any image): cinder fetches the image into
+``image_conversion_dir``; our VHD library composes the chain into a sparse
+raw disk (other formats go through cinder's ``fetch_to_raw``), packs it as
+one dynamic VHD, and ``PUT /import_raw_vdi?format=vhd`` writes it.
+
+Either way the disk must fit the volume: glance reports no virtual size
+for ``ovf`` images, so it is checked here, on the stream path before any
+VDI is touched, on the plugin path before the volume is.
+"""
+
+import contextlib
+import os
+
+from cinder import exception as cinder_exception
+from cinder.i18n import _
+from cinder.image import image_utils
+from oslo_log import log as logging
+from oslo_utils import units
+
+from xenapinfs_driver import exception
+from xenapinfs_driver.image import meta
+from xenapinfs_driver import vhd
+from xenapinfs_driver.vhd import errors as vhd_errors
+from xenapinfs_driver.vhd import pack
+from xenapinfs_driver.xenapi import plugin as xplugin
+from xenapinfs_driver.xenapi import storage
+from xenapinfs_driver.xenapi import transfer
+
+LOG = logging.getLogger(__name__)
+
+NULL_REF = 'OpaqueRef:NULL'
+
+
+def _too_big(image_id, virtual, size):
+    return cinder_exception.ImageUnacceptable(
+        image_id=image_id,
+        reason=_('its disk is %(disk)d bytes, larger than the volume '
+                 '(%(vol)d bytes)') % {'disk': virtual, 'vol': size})
+
+
+class Downloader:
+    """Writes images into VDIs of one SR.
+
+    :param session: a connected XenAPI session.
+    :param sr: the SR's ref; ``sr_path`` its mount point in dom0.
+    :param glance_plugin: a :class:`~.xplugin.GlancePlugin`, or ``None``
+        when the host has no usable plugin (stream path only).
+    :param max_depth: the longest VHD chain accepted.
+    :param timeout: seconds a copy inside dom0 may take.
+    """
+
+    def __init__(self, session, sr, sr_path, glance_plugin=None,
+                 max_depth=30, timeout=3600.0):
+        self.session = session
+        self.sr = sr
+        self.sr_path = sr_path
+        self.glance_plugin = glance_plugin
+        self.max_depth = max_depth
+        self.timeout = timeout
+
+    def _by_plugin(self, image_meta):
+        return (meta.kind(image_meta) == meta.XENSERVER and
+                self.glance_plugin is not None)
+
+    def new_vdi(self, context, image_service, image_meta, size, name,
+                description='', other_config=None):
+        """A new VDI of ``size`` bytes holding the image: ``(ref, uuid)``.
+
+        Nothing is left behind when it fails.
+        """
+        image_id = image_meta['id']
+        if self._by_plugin(image_meta):
+            ref, vdi_uuid = self._download(context, image_id, size)
+            with self._discard_on_error(vdi_uuid):
+                self.session.call('VDI.set_name_label', ref, name)
+                self.session.call('VDI.set_name_description', ref,
+                                  description)
+                for key, value in (other_config or {}).items():
+                    self.session.call('VDI.remove_from_other_config', ref,
+                                      key)
+                    self.session.call('VDI.add_to_other_config', ref, key,
+                                      value)
+                storage.grow_vdi(self.session, ref, size)
+            how = 'dom0 plugin'
+        else:
+            with self._staged(context, image_service, image_meta,
+                              size) as (path, length):
+                ref, vdi_uuid = storage.create_vdi(
+                    self.session, self.sr, size, name, description,
+                    other_config)
+                with self._discard_on_error(vdi_uuid):
+                    self._import(ref, path, length)
+            how = 'stream'
+        LOG.info('Image %(image)s written to new VDI %(vdi)s (%(how)s).',
+                 {'image': image_id, 'vdi': vdi_uuid, 'how': how})
+        return ref, vdi_uuid
+
+    def to_vdi(self, context, image_service, image_meta, vdi_uuid, size):
+        """Write the image into the existing VDI ``vdi_uuid`` of ``size``.
+
+        The VDI keeps its uuid. An image that does not fit leaves it
+        untouched.
+        """
+        image_id = image_meta['id']
+        if self._by_plugin(image_meta):
+            leaf, leaf_uuid = self._download(context, image_id, size)
+            with self._discard(leaf_uuid):
+                target = self.session.call('VDI.get_by_uuid', vdi_uuid)
+                self.session.call_async('VDI.copy', leaf, self.sr,
+                                        NULL_REF, target,
+                                        timeout=self.timeout)
+            how = 'dom0 plugin'
+        else:
+            with self._staged(context, image_service, image_meta,
+                              size) as (path, length):
+                ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
+                self._import(ref, path, length)
+            how = 'stream'
+        LOG.info('Image %(image)s written to VDI %(vdi)s (%(how)s).',
+                 {'image': image_id, 'vdi': vdi_uuid, 'how': how})
+
+    # -- dom0 plugin --
+
+    def _download(self, context, image_id, size):
+        """Fetch the image into new VDIs; ``(ref, uuid)`` of the leaf."""
+        stack = [storage.new_uuid() for _ in range(self.max_depth)]
+        fresh = set(stack)
+        leaf_uuid = self.glance_plugin.download_vhd(
+            image_id, meta.endpoint(context), self.sr_path, stack,
+            meta.identity_headers(context))
+        if leaf_uuid not in fresh:
+            # Not one of ours: never touch (let alone destroy) it.
+            raise exception.ImageTransferError(
+                reason=_('dom0 put image %(image)s at VDI %(vdi)s, which '
+                         'is none of the uuids it was given')
+                % {'image': image_id, 'vdi': leaf_uuid})
+        with self._discard_on_error(leaf_uuid):
+            # The files are in the SR; XAPI knows them after a scan.
+            self.session.call('SR.scan', self.sr)
+            ref = self.session.call('VDI.get_by_uuid', leaf_uuid)
+            virtual = int(self.session.call('VDI.get_virtual_size', ref))
+            if virtual > size:
+                raise _too_big(image_id, virtual, size)
+        return ref, leaf_uuid
+
+    @contextlib.contextmanager
+    def _discard_on_error(self, vdi_uuid):
+        try:
+            yield
+        except Exception:
+            with self._discard(vdi_uuid):
+                pass
+            raise
+
+    @contextlib.contextmanager
+    def _discard(self, vdi_uuid):
+        """Run the block, then destroy a downloaded leaf, quietly.
+
+        Its parents, the image's other layers, go with it: XenServer's
+        garbage collector removes hidden VHDs no VDI uses any more.
+        """
+        try:
+            yield
+        finally:
+            try:
+                if not storage.destroy_vdi(self.session, vdi_uuid):
+                    # The scan may not have run: files without records.
+                    self.session.call('SR.scan', self.sr)
+                    storage.destroy_vdi(self.session, vdi_uuid)
+            except Exception as exc:  # must not hide the first error
+                LOG.warning('Could not remove downloaded VDI %(vdi)s: '
+                            '%(err)s', {'vdi': vdi_uuid, 'err': exc})
+
+    # -- stream --
+
+    @contextlib.contextmanager
+    def _staged(self, context, image_service, image_meta, size):
+        """Yield ``(path, length)`` of the image as one dynamic VHD.
+
+        :raises ImageUnacceptable: the image is unreadable or its disk
+            does not fit in ``size`` bytes.
+        """
+        image_id = image_meta['id']
+        with image_utils.temporary_file(prefix='xenapinfs_raw_') as raw, \
+                image_utils.temporary_file(prefix='xenapinfs_vhd_',
+                                           suffix='.vhd') as out:
+            if meta.kind(image_meta) == meta.OTHER:
+                # cinder checks the virtual size (in whole GiB) before
+                # converting, and refuses backing files.
+                image_utils.fetch_to_raw(
+                    context, image_service, image_id, raw, units.Mi,
+                    size=max(1, size // units.Gi), run_as_root=False)
+            else:
+                self._compose(context, image_service, image_id, raw, size)
+            virtual = os.path.getsize(raw)
+            if virtual > size:
+                raise _too_big(image_id, virtual, size)
+            pack.pack(raw, out, vhd_only=True)
+            yield out, os.path.getsize(out)
+
+    def _compose(self, context, image_service, image_id, raw, size):
+        """Fetch a VHD image and write its disk to ``raw`` (sparse)."""
+        with image_utils.temporary_file(prefix='xenapinfs_img_') as img:
+            image_utils.fetch(context, image_service, image_id, img,
+                              None, None)
+            try:
+                # max_size: a disk larger than the volume is refused when
+                # its footer is read, before its data is written.
+                vhd.convert(img, raw, limits=vhd.Limits(
+                    max_depth=self.max_depth, max_size=size))
+            except vhd.VhdError as exc:
+                exc.source = None   # our temporary file: means nothing
+                reason = str(exc)
+                if isinstance(exc, vhd_errors.LimitExceeded) and \
+                        (exc.field or '').endswith(('current size',
+                                                    'file size')):
+                    reason = _('%(err)s, the size of the volume') % {
+                        'err': reason}
+                raise cinder_exception.ImageUnacceptable(
+                    image_id=image_id, reason=reason)
+
+    def _import(self, ref, path, length):
+        with open(path, 'rb') as src:
+            transfer.import_vdi(self.session, ref, src, length, 'vhd')
+
+
+def plugin_or_none(session, mode, retries, timeout):
+    """A glance plugin client when ``mode`` allows and the host has one.
+
+    ``plugin`` insists (and fails when missing), ``stream`` never uses it,
+    ``auto`` uses it when the version check passes.
+    """
+    if mode == 'stream':
+        return None
+    try:
+        xplugin.check_version(session)
+    except exception.PluginVersionError as exc:
+        if mode == 'plugin':
+            raise
+        LOG.info('Using the stream path for images: %s', exc)
+        return None
+    return xplugin.GlancePlugin(session, retries=retries, timeout=timeout)

@@ -1,0 +1,127 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Make a glance image of a VDI.
+
+The VDI is snapshotted first (copy-on-write, instant) and the snapshot is
+what leaves, so a volume written meanwhile still uploads a consistent
+disk; the snapshot is destroyed afterwards, whatever happens.
+
+* ``ovf``/``vhd``: a XenServer tgz. By dom0's plugin, the whole chain leaf
+  first (``0.vhd`` .. ``n.vhd``) as XenServer itself uploads; by the stream
+  path, one ``0.vhd`` holding the consolidated disk.
+* any other container with ``vhd``: one dynamic VHD (cinder 29's own
+  ``vhd`` upload runs qemu-img, whose output XenServer does not resize).
+* other formats: the raw disk through cinder's ``image_utils``, which
+  converts with qemu-img.
+
+The stream path always exports ``vhd``: only the allocated blocks cross
+the network, where a ``raw`` export would send every zero of the volume;
+our VHD library turns it back into a sparse raw disk where one is needed.
+"""
+
+import os
+
+from cinder.i18n import _
+from cinder.image import image_utils
+from oslo_log import log as logging
+
+from xenapinfs_driver import exception
+from xenapinfs_driver.image import meta
+from xenapinfs_driver import vhd
+from xenapinfs_driver.vhd import pack
+from xenapinfs_driver.xenapi import storage
+from xenapinfs_driver.xenapi import transfer
+
+LOG = logging.getLogger(__name__)
+
+
+class Uploader:
+    """Uploads VDIs of one SR to glance.
+
+    :param level: gzip level of tgz images made by the stream path.
+    """
+
+    def __init__(self, session, sr_path, glance_plugin=None, max_depth=30,
+                 level=6):
+        self.session = session
+        self.sr_path = sr_path
+        self.glance_plugin = glance_plugin
+        self.max_depth = max_depth
+        self.level = level
+
+    def from_vdi(self, context, image_service, image_meta, vdi_uuid):
+        image_id = image_meta['id']
+        ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
+        snap, snap_uuid = storage.snapshot_vdi(
+            self.session, ref, 'upload of %s' % vdi_uuid,
+            'image %s' % image_id)
+        try:
+            self._upload(context, image_service, image_meta, snap,
+                         snap_uuid)
+        finally:
+            try:
+                storage.destroy_vdi(self.session, snap_uuid)
+            except exception.XenAPINFSException as exc:
+                LOG.warning('Could not destroy upload snapshot %(snap)s: '
+                            '%(err)s', {'snap': snap_uuid, 'err': exc})
+        LOG.info('VDI %(vdi)s uploaded as image %(image)s.',
+                 {'vdi': vdi_uuid, 'image': image_id})
+
+    def _upload(self, context, image_service, image_meta, snap, snap_uuid):
+        what = meta.kind(image_meta)
+        if what == meta.XENSERVER and self.glance_plugin is not None:
+            chain = storage.vdi_chain(self.session, snap, self.max_depth + 1)
+            if len(chain) > self.max_depth:
+                raise exception.ImageTransferError(
+                    reason=_('VDI chain of %(n)d layers exceeds %(max)d')
+                    % {'n': len(chain), 'max': self.max_depth})
+            self.glance_plugin.upload_vhd(
+                image_meta['id'], meta.endpoint(context), self.sr_path,
+                chain, meta.identity_headers(context),
+                _plugin_properties(image_meta))
+            return
+        with image_utils.temporary_file(prefix='xenapinfs_up_',
+                                        suffix='.vhd') as exported:
+            self._export(snap, exported)
+            if what == meta.BARE_VHD:
+                self._send(context, image_service, image_meta, exported)
+                return
+            with image_utils.temporary_file(prefix='xenapinfs_raw_') as raw:
+                vhd.convert(exported, raw)
+                if what == meta.OTHER:
+                    image_utils.upload_volume(context, image_service,
+                                              image_meta, raw,
+                                              run_as_root=False)
+                    return
+                with image_utils.temporary_file(prefix='xenapinfs_tgz_',
+                                                suffix='.tgz') as tgz:
+                    pack.pack(raw, tgz, level=self.level)
+                    LOG.debug('XenServer image packed: %d bytes',
+                              os.path.getsize(tgz))
+                    self._send(context, image_service, image_meta, tgz)
+
+    def _export(self, ref, path):
+        with open(path, 'wb') as dest:
+            transfer.export_to_file(self.session, ref, dest, 'vhd')
+
+    @staticmethod
+    def _send(context, image_service, image_meta, path):
+        with open(path, 'rb') as data:
+            image_service.update(context, image_meta['id'], {}, data,
+                                 purge_props=False)
+
+
+def _plugin_properties(image_meta):
+    """The image properties XenServer's upload passes on (nova's set)."""
+    props = image_meta.get('properties') or {}
+    keep = ('auto_disk_config', 'os_type')
+    return {k: str(props[k]) for k in keep if props.get(k) is not None}

@@ -1,0 +1,239 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Adopting VDIs as cinder volumes, and listing those that can be.
+
+A reference names a VDI by uuid (``{'source-id': uuid}``), by
+``{'source-name': uuid or name_label}``, or as ``'<sr_uuid>/<vdi_uuid>'``
+for volumes of the historical driver, which kept one SR per volume and
+told the host to forget it after each use. Such a VDI is copied into the
+backend's SR (its old SR is forgotten again afterwards, files untouched):
+one SR per backend is what the rest of the driver relies on.
+"""
+
+from cinder import exception as cinder_exception
+from cinder.i18n import _
+from oslo_log import log as logging
+from oslo_utils import excutils
+from oslo_utils import units
+from oslo_utils import uuidutils
+
+from xenapinfs_driver.xenapi import storage
+
+LOG = logging.getLogger(__name__)
+
+VOLUME_KEY = 'cinder-volume-id'
+
+
+def _gib(size):
+    return -(-int(size) // units.Gi)
+
+
+def _invalid(existing_ref, reason):
+    return cinder_exception.ManageExistingInvalidReference(
+        existing_ref=existing_ref, reason=reason)
+
+
+def _parse(existing_ref):
+    """``(sr_uuid or None, vdi uuid or name)`` from a reference."""
+    value = existing_ref.get('source-id') or existing_ref.get('source-name')
+    if not value or not isinstance(value, str):
+        raise _invalid(existing_ref, _('give source-id (a VDI uuid) or '
+                                       'source-name'))
+    sr_uuid, _sep, vdi = value.partition('/')
+    if vdi and '/' not in vdi and uuidutils.is_uuid_like(sr_uuid):
+        return sr_uuid, vdi
+    return None, value      # a name_label may hold a '/' too
+
+
+def _quoted(value):
+    """``value`` as a string literal of XAPI's query language."""
+    return '"%s"' % value.replace('\\', '\\\\').replace('"', '\\"')
+
+
+def _find(drv, existing_ref, name):
+    """The ref of the VDI ``name`` (uuid or unique label) in our SR."""
+    ref = storage.vdi_by_uuid(drv.session, name)
+    if ref is None:
+        found = [r for r, rec in drv.session.call(
+            'VDI.get_all_records_where',
+            'field "name__label"=%s' % _quoted(name)).items()
+            if rec.get('SR') == drv.sr and rec.get('managed', True)]
+        if len(found) != 1:
+            raise _invalid(existing_ref, _('%(n)d VDIs in SR %(sr)s match '
+                                           '%(name)s') %
+                           {'n': len(found), 'sr': drv.sr_uuid,
+                            'name': name})
+        ref = found[0]
+    rec = drv.session.call('VDI.get_record', ref)
+    if rec.get('SR') != drv.sr:
+        raise _invalid(existing_ref, _('VDI %s is not in this backend\'s SR')
+                       % rec['uuid'])
+    reason = _unsafe(rec)
+    if reason:
+        raise _invalid(existing_ref, reason)
+    return ref, rec
+
+
+def _unsafe(rec):
+    if not rec.get('managed', True):
+        return _('a hidden base copy of other VDIs')
+    if rec.get('is_a_snapshot'):
+        return _('a snapshot')
+    if rec.get('read_only'):
+        return _('read-only')
+    if rec.get('VBDs'):
+        return _('attached to a VM')
+    if rec.get('other_config', {}).get(VOLUME_KEY):
+        return _('already a cinder volume')
+    return None
+
+
+def _find_legacy(drv, existing_ref, name):
+    """The ref of VDI ``name`` in an SR of the historical layout."""
+    ref = storage.vdi_by_uuid(drv.session, name)
+    if ref is None:
+        raise _invalid(existing_ref, _('no VDI %s') % name)
+    reason = _unsafe(drv.session.call('VDI.get_record', ref))
+    if reason:
+        raise _invalid(existing_ref, reason)
+    return ref
+
+
+def volume_size(drv, existing_ref):
+    sr_uuid, name = _parse(existing_ref)
+    if sr_uuid and sr_uuid != drv.sr_uuid:
+        with _legacy(drv, existing_ref, sr_uuid):
+            ref = _find_legacy(drv, existing_ref, name)
+            return _gib(drv.session.call('VDI.get_virtual_size', ref))
+    _ref, rec = _find(drv, existing_ref, name)
+    return _gib(rec['virtual_size'])
+
+
+def manage_volume(drv, volume, existing_ref):
+    """Adopt the VDI as ``volume``; return its model update.
+
+    The cinder mark is set last, so that a failure leaves the VDI as
+    manageable as it was (and a copy made here is destroyed).
+    """
+    sr_uuid, name = _parse(existing_ref)
+    copied = sr_uuid and sr_uuid != drv.sr_uuid
+    if copied:
+        with _legacy(drv, existing_ref, sr_uuid):
+            old = _find_legacy(drv, existing_ref, name)
+            ref, vdi_uuid = storage.copy_vdi(drv.session, old, drv.sr,
+                                             volume.name)
+        LOG.info('Copied VDI %(old)s of SR %(sr)s into %(new)s for volume '
+                 '%(vol)s; the old SR was forgotten, its files kept.',
+                 {'old': name, 'sr': sr_uuid, 'new': vdi_uuid,
+                  'vol': volume.id})
+    else:
+        ref, rec = _find(drv, existing_ref, name)
+        vdi_uuid = rec['uuid']
+    try:
+        # cinder sized the volume from manage_existing_get_size (whole
+        # GiB, rounded up): the VDI must be as large as cinder thinks.
+        storage.grow_vdi(drv.session, ref, volume.size * units.Gi)
+        drv.session.call('VDI.set_name_label', ref, volume.name)
+        drv.session.call('VDI.remove_from_other_config', ref, VOLUME_KEY)
+        drv.session.call('VDI.add_to_other_config', ref, VOLUME_KEY,
+                         volume.id)
+    except Exception:
+        with excutils.save_and_reraise_exception():
+            if copied:
+                try:
+                    storage.destroy_vdi(drv.session, vdi_uuid)
+                except Exception as exc:  # must not hide the first error
+                    LOG.warning('Could not destroy VDI %(vdi)s: %(err)s',
+                                {'vdi': vdi_uuid, 'err': exc})
+    return {'provider_location': '%s/%s' % (drv.sr_uuid, vdi_uuid)}
+
+
+def unmanage(drv, volume):
+    """Leave the VDI in the SR, no longer marked as cinder's."""
+    loc = (volume.provider_location or '').split('/')
+    ref = storage.vdi_by_uuid(drv.session, loc[1]) if len(loc) == 2 \
+        else None
+    if ref is None:
+        LOG.info('Volume %s has no VDI to unmanage.', volume.id)
+        return
+    drv.session.call('VDI.remove_from_other_config', ref, VOLUME_KEY)
+
+
+def _legacy(drv, existing_ref, sr_uuid):
+    """Attach an SR of the historical layout for the duration."""
+    server = drv._conf('xenapi_nfs_server')
+    path = drv._conf('xenapi_nfs_serverpath')
+    if storage.sr_by_uuid(drv.session, sr_uuid) is None and \
+            sr_uuid not in storage.probe_nfs_srs(drv.session, server, path):
+        raise _invalid(existing_ref, _('no SR %(sr)s on %(server)s:%(path)s')
+                       % {'sr': sr_uuid, 'server': server, 'path': path})
+    return storage.attached_sr(drv.session, sr_uuid, server, path)
+
+
+def _ours(objs):
+    found = {}
+    for obj in objs:
+        loc = (obj.provider_location or '').split('/')
+        if len(loc) == 2:
+            found[loc[1]] = obj.id
+    return found
+
+
+def list_volumes(drv, cinder_volumes):
+    """Entries for cinder's get_manageable_volumes, before paging."""
+    known = _ours(cinder_volumes)
+    entries = []
+    records = drv.session.call('VDI.get_all_records_where',
+                               'field "SR"="%s"' % drv.sr)
+    for rec in records.values():
+        if not rec.get('managed', True) or rec.get('is_a_snapshot'):
+            continue
+        cinder_id = known.get(rec['uuid'])
+        reason = _('already managed') if cinder_id else _unsafe(rec)
+        entries.append({
+            'reference': {'source-id': rec['uuid']},
+            'size': _gib(rec['virtual_size']),
+            'safe_to_manage': reason is None,
+            'reason_not_safe': reason,
+            'cinder_id': cinder_id,
+            'extra_info': rec.get('name_label') or None,
+        })
+    return entries
+
+
+def list_snapshots(drv, cinder_snapshots):
+    """Entries for cinder's get_manageable_snapshots, before paging."""
+    known = _ours(cinder_snapshots)
+    entries = []
+    records = drv.session.call('VDI.get_all_records_where',
+                               'field "SR"="%s" and field "is_a_snapshot"='
+                               '"true"' % drv.sr)
+    for ref, rec in records.items():
+        parent = rec.get('snapshot_of')
+        parent_uuid = None
+        if parent and parent != 'OpaqueRef:NULL':
+            try:
+                parent_uuid = drv.session.call('VDI.get_uuid', parent)
+            except Exception:
+                parent_uuid = None
+        cinder_id = known.get(rec['uuid'])
+        entries.append({
+            'reference': {'source-id': rec['uuid']},
+            'size': _gib(rec['virtual_size']),
+            'safe_to_manage': False,
+            'reason_not_safe': (_('already managed') if cinder_id else
+                                _('managing snapshots is not supported')),
+            'cinder_id': cinder_id,
+            'source_reference': {'source-id': parent_uuid},
+            'extra_info': rec.get('name_label') or None,
+        })
+    return entries

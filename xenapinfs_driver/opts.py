@@ -1,0 +1,105 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The driver's options, the single place they are declared.
+
+They are registered in cinder's shared backend group and read only from
+the driver's own backend section (``self.configuration``), so that several
+XenAPINFS backends can point at different hosts. The first six names are
+those of the historical cinder driver, kept so old cinder.conf sections
+work unchanged.
+"""
+
+from oslo_config import cfg
+
+from cinder.volume import configuration
+
+xenapi_opts = [
+    cfg.StrOpt('xenapi_connection_url',
+               help='URL of the XenServer or XCP-ng host to manage the SR '
+                    'through, for example https://xenserver.example.com. '
+                    'Any pool member works: the driver follows the pool '
+                    'master.'),
+    cfg.StrOpt('xenapi_connection_username',
+               default='root',
+               help='User name for the XenAPI login.'),
+    cfg.StrOpt('xenapi_connection_password',
+               secret=True,
+               help='Password for the XenAPI login.'),
+    cfg.StrOpt('xenapi_nfs_server',
+               help='NFS server that holds the storage repository, as the '
+                    'XenServer host reaches it.'),
+    cfg.StrOpt('xenapi_nfs_serverpath',
+               help='Exported path on the NFS server; the SR is a '
+                    'directory named after its uuid below it.'),
+    cfg.StrOpt('xenapi_sr_base_path',
+               default='/var/run/sr-mount',
+               help='Directory in dom0 where XenServer mounts SRs; the dom0 '
+                    'glance plugin writes images to <this>/<sr uuid>.'),
+    cfg.StrOpt('xenapi_sr_uuid',
+               help='Use the NFS SR with this uuid instead of the one the '
+                    'driver creates and tags on first start. The SR is '
+                    'introduced if the host does not know it.'),
+    cfg.StrOpt('xenapi_image_transfer',
+               default='auto',
+               choices=[('auto', 'Use the dom0 glance plugin when the host '
+                                 'has it, else stream.'),
+                        ('plugin', 'Always use the dom0 glance plugin '
+                                   '(download_vhd2 / upload_vhd2).'),
+                        ('stream', 'Move image data through the cinder '
+                                   'host and XAPI\'s /import_raw_vdi and '
+                                   '/export_raw_vdi handlers.')],
+               help='How image data moves between glance and the SR.'),
+    cfg.BoolOpt('xenapi_ssl_verify',
+                default=True,
+                help='Verify the TLS certificate of an https '
+                     'xenapi_connection_url.'),
+    cfg.StrOpt('xenapi_ssl_ca_bundle',
+               help='CA bundle file to verify the host\'s certificate with, '
+                    'instead of the system\'s trusted CAs.'),
+    cfg.IntOpt('xenapi_connection_timeout',
+               default=120, min=1,
+               help='Seconds one XenAPI call may take before the '
+                    'connection is given up. Long work (copies, plugin '
+                    'transfers) runs as tasks and is not bound by this.'),
+    cfg.IntOpt('xenapi_connection_retries',
+               default=3, min=0,
+               help='How many times a failed connection to the host is '
+                    'retried, with backoff, before the operation fails.'),
+    cfg.IntOpt('xenapi_connection_concurrent',
+               default=4, min=1,
+               help='How many XenAPI calls one volume service may run at '
+                    'once (one login each).'),
+    cfg.IntOpt('xenapi_plugin_retries',
+               default=3, min=0,
+               help='How many times a dom0 glance plugin transfer that '
+                    'failed with a retryable error is tried again.'),
+    cfg.IntOpt('xenapi_image_timeout',
+               default=3600, min=1,
+               help='Seconds an image transfer may take.'),
+    cfg.IntOpt('xenapi_max_chain_depth',
+               default=30, min=1, max=30,
+               help='Longest VHD chain accepted in an image that is '
+                    'downloaded or uploaded; XenServer refuses chains '
+                    'longer than 30.'),
+    cfg.IntOpt('xenapi_image_compression_level',
+               default=6, min=1, max=9,
+               help='gzip level of XenServer (ovf/vhd) images uploaded '
+                    'by the stream path.'),
+]
+
+CONF = cfg.CONF
+CONF.register_opts(xenapi_opts, group=configuration.SHARED_CONF_GROUP)
+
+
+def list_opts():
+    """oslo.config.opts entry point, for the sample config generator."""
+    return [('backend_defaults', xenapi_opts)]
