@@ -1,9 +1,10 @@
 """Test-wide setup: keep cinder's eventlet away from the other tests.
 
 Importing ``cinder.tests.unit`` monkey-patches the whole process with
-eventlet. Our subprocess, pty and thread tests hang under it, so the tests
-that run cinder's code in-process (the "green" ones, listed below) run in a
-pytest process of their own: ``make test`` runs ``--tier=plain`` and then
+eventlet, and even cinder's volume manager, imported and run in a test,
+turns later thread waits green. Our subprocess, pty and thread tests hang
+under either, so the tests that import cinder's code in-process (the
+"green" ones, listed below) run in a pytest process of their own: ``make test`` runs ``--tier=plain`` and then
 ``--tier=green``. A plain ``pytest tests`` refuses to mix them rather than
 hang.
 
@@ -20,7 +21,8 @@ import pytest
 _HERE = os.path.dirname(os.path.abspath(__file__))
 GREEN = tuple(os.path.join(_HERE, *p.split('/')) for p in (
     'unit/test_driver.py', 'unit/test_manage.py', 'unit/image',
-    'functional'))
+    'unit/test_faults.py', 'unit/test_driver_crash.py',
+    'unit/test_compliance.py', 'functional'))
 
 
 def _is_green(path):
@@ -48,6 +50,26 @@ def pytest_ignore_collect(collection_path, config):
             collection_path.name.startswith('test_'):
         return True
     return None
+
+
+_PATCHED_SEEN = pytest.StashKey[bool]()
+
+
+def _eventlet_patched():
+    patcher = sys.modules.get('eventlet.patcher')
+    return patcher is not None and patcher.is_monkey_patched('thread')
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    # A plain test that patches eventlet at run time would make a later
+    # one hang, far from the cause: name the cause instead.
+    if not _is_green(item.path) and _eventlet_patched() and \
+            not item.config.stash.get(_PATCHED_SEEN, False):
+        item.config.stash[_PATCHED_SEEN] = True
+        raise RuntimeError(
+            '%s monkey-patched the process with eventlet; it belongs in '
+            'the green tier (tests/conftest.py)' % item.nodeid)
 
 
 def pytest_collection_finish(session):
