@@ -46,9 +46,19 @@ class XenAPIError(XenAPINFSException):
 
 
 class XenAPIConnectionError(XenAPINFSException):
-    """The host could not be reached, or the connection broke mid-call."""
+    """The host could not be reached, or the connection broke mid-call.
+
+    ``sent``: the request may have reached the host, which may have done
+    the call and lost only its answer. ``timed_out``: the host did not
+    answer in time, and may still be doing the call.
+    """
 
     message = _("Cannot talk to XenAPI at %(url)s (%(method)s): %(reason)s")
+
+    def __init__(self, message=None, sent=False, timed_out=False, **kwargs):
+        super().__init__(message, **kwargs)
+        self.sent = sent
+        self.timed_out = timed_out
 
 
 class XenAPIAuthenticationError(XenAPINFSException):

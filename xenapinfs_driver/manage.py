@@ -149,11 +149,15 @@ def manage_volume(drv, volume, existing_ref):
     except Exception:
         with excutils.save_and_reraise_exception():
             if copied:
-                try:
-                    storage.destroy_vdi(drv.session, vdi_uuid)
-                except Exception as exc:  # must not hide the first error
-                    LOG.warning('Could not destroy VDI %(vdi)s: %(err)s',
-                                {'vdi': vdi_uuid, 'err': exc})
+                storage.cleanup('VDI %s' % vdi_uuid, storage.destroy_vdi,
+                                drv.session, vdi_uuid)
+            else:
+                # NOTE: the mark may be set even so, its answer lost: a
+                # VDI marked as a volume could never be managed again.
+                storage.cleanup('the mark of VDI %s' % vdi_uuid,
+                                drv.session.call,
+                                'VDI.remove_from_other_config', ref,
+                                VOLUME_KEY)
     return {'provider_location': '%s/%s' % (drv.sr_uuid, vdi_uuid)}
 
 

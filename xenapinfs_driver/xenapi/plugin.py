@@ -75,9 +75,15 @@ def call(session, plugin, fn, *args, secrets=(), timeout=3600.0, **kwargs):
     polled rather than waited for on one socket read.
     """
     params = {'params': dumps({'args': list(args), 'kwargs': kwargs})}
-    answer = session.call_async('host.call_plugin', session.host_ref,
-                                plugin, fn, params, timeout=timeout,
-                                secrets=secrets)
+    try:
+        answer = session.call_async('host.call_plugin', session.host_ref,
+                                    plugin, fn, params, timeout=timeout,
+                                    secrets=secrets)
+    except exception.XenAPIError as exc:
+        # NOTE: named after the plugin function, not host.call_plugin:
+        # that is what the operator needs to know failed.
+        raise exception.XenAPIError('host.call_plugin %s/%s' % (plugin, fn),
+                                    exc.details)
     return loads(answer)
 
 

@@ -27,6 +27,11 @@ What it adds to ``XenAPI.Session``:
   before reuse, so that a host's idle timeout becomes a clean reconnect
   rather than an ambiguous failure.
 * Failures converted once, here, into :mod:`xenapinfs_driver.exception`.
+  A connection error tells whether the call may have been done anyway
+  (``sent``) or is maybe still running (``timed_out``), for callers that
+  undo what a call with a lost answer made. Polls of a task survive a
+  failed poll; when the answer to an ``Async.`` call is lost, its task is
+  let end before the error is raised.
 * Arguments checked before they leave: no ``None`` (XAPI refuses it), and
   integers sent as decimal strings, as XAPI's ``int`` type travels.
 
@@ -209,6 +214,7 @@ class XenAPISession:
 
     api_version = '2.0'
     idle_timeout = 30.0
+    POLL_ATTEMPTS = 3
 
     def __init__(self, url, username, password, *,
                  originator='xenapinfs-driver', timeout=120.0, retries=3,
@@ -392,7 +398,8 @@ class XenAPISession:
                 if not retry or attempt >= self.retries:
                     raise exception.XenAPIConnectionError(
                         url=self.url, method=method,
-                        reason=scrub(cause, self.secrets | set(secrets)))
+                        reason=scrub(cause, self.secrets | set(secrets)),
+                        sent=sent, timed_out=isinstance(cause, TimeoutError))
                 self._backoff(attempt, method, cause)
                 attempt += 1
 
@@ -417,22 +424,104 @@ class XenAPISession:
         read: the task is polled with short calls, cancelled on timeout,
         and always destroyed.
         """
-        task = self.call('Async.' + method, *args, secrets=secrets)
+        try:
+            task = self.call('Async.' + method, *args, secrets=secrets)
+        except exception.XenAPIConnectionError as exc:
+            if exc.sent:
+                # Its answer lost, the task may run on: let it end, so
+                # that the caller can undo what it made (and
+                # forget_lost_tasks tell it by its result).
+                self._wait_lost(method)
+            raise
         try:
             return self.wait_task(task, method, timeout, poll, secrets)
         finally:
+            self.destroy_task(task, method)
+
+    def _lost(self, method):
+        return self.call('task.get_all_records_where',
+                         'field "name__label"="Async.%s"' % method)
+
+    def _wait_lost(self, method):
+        """Wait (one timeout at most) until no ``Async.<method>`` task is
+        pending; the one whose answer was lost is among them, if any."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        try:
+            while any(rec.get('status') == 'pending'
+                      for rec in self._lost(method).values()):
+                if time.monotonic() > deadline:
+                    return
+                self._sleep(delay)
+                delay = min(delay * 2, 2.0)
+        except exception.XenAPINFSException as exc:
+            LOG.warning('Cannot list the tasks of %(m)s: %(err)s',
+                        {'m': method, 'err': exc})
+
+    def forget_lost_tasks(self, method, tokens):
+        """Destroy ended ``Async.<method>`` tasks whose result names one
+        of ``tokens`` (what the caller found its lost call made): the
+        task of a call whose answer was lost has nobody else to."""
+        try:
+            tasks = self._lost(method)
+        except exception.XenAPINFSException as exc:
+            LOG.warning('Cannot list the tasks of %(m)s: %(err)s',
+                        {'m': method, 'err': exc})
+            return
+        for task, rec in tasks.items():
+            if rec.get('status') != 'pending' and any(
+                    t in (rec.get('result') or '') for t in tokens):
+                self.destroy_task(task, method)
+
+    def destroy_task(self, task, what, call=None):
+        """Destroy ``task`` (of ``what``); never raise.
+
+        NOTE: tried twice, as any cleanup: one dropped connection must not
+        leave the task behind (XAPI reclaims finished tasks only after an
+        hour, pending ones after a day).
+        """
+        call = call or self.call
+        for attempt in range(2):
             try:
-                self.call('task.destroy', task)
+                call('task.destroy', task)
+                return
+            except exception.XenAPIError as exc:
+                if exc.error == 'HANDLE_INVALID':
+                    return      # the first attempt did it
+                err = exc
             except exception.XenAPINFSException as exc:
-                LOG.debug('task.destroy after %(m)s failed: %(e)s',
-                          {'m': method, 'e': exc})
+                err = exc
+        LOG.warning('task.destroy after %(what)s failed: %(err)s',
+                    {'what': what, 'err': err})
+
+    def task_record(self, task, what, call=None):
+        """``task``'s record, polled: a failed poll is asked again.
+
+        NOTE: a failed poll changes nothing, while giving up on a task
+        that runs on leaves its work (a new VDI, files in the SR) with
+        nobody to clean it up. So a poll is tried ``POLL_ATTEMPTS``
+        times, unless the task is gone. ``call``: the session's, or a
+        held connection's.
+        """
+        call = call or self.call
+        for attempt in range(self.POLL_ATTEMPTS):
+            try:
+                return call('task.get_record', task)
+            except exception.XenAPINFSException as exc:
+                gone = isinstance(exc, exception.XenAPIError) and \
+                    exc.error == 'HANDLE_INVALID'
+                if gone or attempt == self.POLL_ATTEMPTS - 1:
+                    raise
+                LOG.warning('Polling the task of %(what)s failed (%(err)s); '
+                            'polling again.', {'what': what, 'err': exc})
+                self._sleep(0.05 * 2 ** attempt)
 
     def wait_task(self, task, method, timeout=3600.0, poll=0.5, secrets=()):
         """Poll ``task`` until it ends; return its result or raise."""
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            rec = self.call('task.get_record', task)
+            rec = self.task_record(task, method)
             status = rec.get('status')
             if status == 'success':
                 return parse_task_result(rec.get('result', ''))
@@ -474,6 +563,9 @@ class _Borrowed:
 
     def call(self, method, *args, secrets=()):
         return self._session._request(self._conn, method, args, secrets)
+
+    def destroy_task(self, task, what):
+        self._session.destroy_task(task, what, self.call)
 
 
 def master_url(url, address):

@@ -25,10 +25,20 @@ XenAPI idioms used here, once:
   that forgot it know it again, files untouched.
 * Snapshots and clones on a file SR are copy-on-write: the data moves to a
   hidden parent, and ``sm_config['vhd-parent']`` names it.
+* A call whose answer is lost (the connection broke after the request went
+  out, or timed out) may still have been done. Calls that make a VDI or an
+  SR are followed by a search for what they would have made, which is
+  undone (:func:`_reclaim_lost`); a new VDI can be told by its name and
+  its ``other_config`` (a snapshot or clone has those of its source until
+  it is renamed).
+* Cleanup (destroying what a failed operation made, forgetting an SR
+  attached for one operation) is idempotent and tried twice, so that one
+  dropped connection or passing error does not leave it behind for good.
 """
 
 import contextlib
 import re
+import time
 import uuid as uuidlib
 
 from oslo_log import log as logging
@@ -41,6 +51,7 @@ LOG = logging.getLogger(__name__)
 TAG_KEY = 'xenapinfs-driver-backend'
 GONE = ('UUID_INVALID', 'HANDLE_INVALID', 'VDI_MISSING')
 VDI_BLOCK = 2 * 1024 * 1024  # a file SR's VHDs grow by 2 MiB blocks
+CLEANUP_ATTEMPTS = 2
 
 
 def is_gone(exc):
@@ -78,14 +89,22 @@ def sr_by_uuid(session, sr_uuid):
 def create_nfs_sr(session, server, serverpath, name, tag):
     """Create an NFS SR on ``server:serverpath`` and tag it as ours."""
     device = {'server': server, 'serverpath': serverpath}
-    sr = session.call('SR.create', session.host_ref, device, '0', name,
-                      'Cinder volumes (xenapinfs-driver)', 'nfs', 'user',
-                      True, {})
+
+    def made():
+        # Not tagged yet: an untagged NFS SR of this name is one that a
+        # call whose answer was lost made.
+        found = session.call('SR.get_all_records_where',
+                             _query(type='nfs', name__label=name))
+        return [ref for ref, rec in found.items()
+                if TAG_KEY not in rec.get('other_config', {})]
+    with _reclaim_lost(session, 'SR.create', made, forget_sr):
+        sr = session.call('SR.create', session.host_ref, device, '0', name,
+                          'Cinder volumes (xenapinfs-driver)', 'nfs',
+                          'user', True, {})
     try:
         session.call('SR.add_to_other_config', sr, TAG_KEY, tag)
     except exception.XenAPINFSException:
-        with _cleanup('SR %s' % sr):
-            forget_sr(session, sr)
+        cleanup('SR %s' % sr, forget_sr, session, sr)
         raise
     LOG.info('Created NFS SR %(sr)s on %(server)s:%(path)s for %(tag)s.',
              {'sr': session.call('SR.get_uuid', sr), 'server': server,
@@ -99,15 +118,18 @@ def introduce_nfs_sr(session, sr_uuid, server, serverpath, name=''):
     On failure everything introduced is forgotten again: the files on the
     export are never touched.
     """
-    sr = session.call('SR.introduce', sr_uuid, name or sr_uuid,
-                      'Cinder volumes (xenapinfs-driver)', 'nfs', 'user',
-                      True, {})
+    def made():
+        sr = sr_by_uuid(session, sr_uuid)
+        return [sr] if sr else []
+    with _reclaim_lost(session, 'SR.introduce', made, forget_sr):
+        sr = session.call('SR.introduce', sr_uuid, name or sr_uuid,
+                          'Cinder volumes (xenapinfs-driver)', 'nfs',
+                          'user', True, {})
     try:
         plug_sr(session, sr, server, serverpath)
         session.call('SR.scan', sr)
     except exception.XenAPINFSException:
-        with _cleanup('SR %s' % sr_uuid):
-            forget_sr(session, sr)
+        cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
         raise
     return sr
 
@@ -128,19 +150,44 @@ def plug_sr(session, sr, server, serverpath):
     try:
         session.call('PBD.plug', pbd)
     except exception.XenAPINFSException:
-        with _cleanup('PBD %s' % pbd):
-            session.call('PBD.destroy', pbd)
+        cleanup('PBD %s' % pbd, _gone_ok, session, 'PBD.destroy', pbd)
         raise
     return pbd
 
 
 def forget_sr(session, sr):
-    """Unplug every PBD of ``sr`` and forget it; its files stay."""
-    for pbd in session.call('SR.get_PBDs', sr):
-        rec = session.call('PBD.get_record', pbd)
+    """Unplug every PBD of ``sr`` and forget it; its files stay.
+
+    An SR (or PBD) already gone counts as done, so that a second attempt
+    after a lost answer succeeds.
+    """
+    try:
+        pbds = session.call('SR.get_PBDs', sr)
+    except exception.XenAPIError as exc:
+        if is_gone(exc):
+            return
+        raise
+    for pbd in pbds:
+        try:
+            rec = session.call('PBD.get_record', pbd)
+        except exception.XenAPIError as exc:
+            if is_gone(exc):
+                continue
+            raise
         if rec.get('currently_attached'):
             session.call('PBD.unplug', pbd)
-    session.call('SR.forget', sr)
+    _gone_ok(session, 'SR.forget', sr)
+
+
+def _gone_ok(session, method, ref):
+    """Call ``method`` on ``ref``; ``False`` if it was already gone."""
+    try:
+        session.call(method, ref)
+    except exception.XenAPIError as exc:
+        if is_gone(exc):
+            return False
+        raise
+    return True
 
 
 def find_or_create_nfs_sr(session, server, serverpath, tag, name,
@@ -187,8 +234,7 @@ def attached_sr(session, sr_uuid, server, serverpath):
     try:
         yield sr
     finally:
-        with _cleanup('SR %s' % sr_uuid):
-            forget_sr(session, sr)
+        cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
 
 
 def sr_capacity(session, sr):
@@ -217,13 +263,22 @@ def vdi_by_uuid(session, vdi_uuid):
 
 
 def create_vdi(session, sr, size, name, description='', other_config=None):
-    """A new empty VDI of ``size`` bytes; returns ``(ref, uuid)``."""
-    ref = session.call('VDI.create', {
-        'name_label': name, 'name_description': description, 'SR': sr,
-        'virtual_size': str(int(size)), 'type': 'user', 'sharable': False,
-        'read_only': False, 'other_config': dict(other_config or {}),
-        'xenstore_data': {}, 'sm_config': {}, 'tags': []})
-    return ref, session.call('VDI.get_uuid', ref)
+    """A new empty VDI of ``size`` bytes; returns ``(ref, uuid)``.
+
+    ``other_config`` should mark the VDI uniquely (the cinder volume it
+    is for): a VDI made by a call whose answer was lost is found by it.
+    """
+    marks = dict(other_config or {})
+    made = _lookalikes(session, sr, name, marks) if marks else \
+        (lambda: [])
+    with _reclaim_lost(session, 'VDI.create', made):
+        ref = session.call('VDI.create', {
+            'name_label': name, 'name_description': description, 'SR': sr,
+            'virtual_size': str(int(size)), 'type': 'user',
+            'sharable': False, 'read_only': False, 'other_config': marks,
+            'xenstore_data': {}, 'sm_config': {}, 'tags': []})
+    with _undo_on_error(session, ref):
+        return ref, session.call('VDI.get_uuid', ref)
 
 
 def destroy_vdi(session, vdi_uuid):
@@ -247,7 +302,8 @@ def _labelled(session, ref, name, description):
 
 def snapshot_vdi(session, ref, name, description=''):
     """A copy-on-write snapshot of ``ref``; returns ``(ref, uuid)``."""
-    snap = session.call('VDI.snapshot', ref, {})
+    with _reclaim_lost(session, 'VDI.snapshot', _copies_of(session, ref)):
+        snap = session.call('VDI.snapshot', ref, {})
     with _undo_on_error(session, snap):
         _labelled(session, snap, name, description)
         return snap, session.call('VDI.get_uuid', snap)
@@ -255,7 +311,8 @@ def snapshot_vdi(session, ref, name, description=''):
 
 def clone_vdi(session, ref, name, description='', size=None):
     """A writable copy-on-write clone, grown to ``size`` if larger."""
-    new = session.call('VDI.clone', ref, {})
+    with _reclaim_lost(session, 'VDI.clone', _copies_of(session, ref)):
+        new = session.call('VDI.clone', ref, {})
     with _undo_on_error(session, new):
         _labelled(session, new, name, description)
         if size is not None:
@@ -265,7 +322,9 @@ def clone_vdi(session, ref, name, description='', size=None):
 
 def copy_vdi(session, ref, sr, name, description='', timeout=3600.0):
     """A full, independent copy of ``ref`` into ``sr``."""
-    new = session.call_async('VDI.copy', ref, sr, timeout=timeout)
+    with _reclaim_lost(session, 'VDI.copy', _copies_of(session, ref, sr),
+                       lost_task=True):
+        new = session.call_async('VDI.copy', ref, sr, timeout=timeout)
     with _undo_on_error(session, new):
         _labelled(session, new, name, description)
         return new, session.call('VDI.get_uuid', new)
@@ -300,19 +359,96 @@ def _undo_on_error(session, ref):
     try:
         yield
     except Exception:
-        with _cleanup('VDI %s' % ref):
-            session.call('VDI.destroy', ref)
+        cleanup('VDI %s' % ref, _gone_ok, session, 'VDI.destroy', ref)
         raise
 
 
+def cleanup(what, func, *args):
+    """Run cleanup ``func(*args)``, twice if need be; never raise.
+
+    For cleanup that must not hide the error being handled, or fail an
+    operation that is done. It is idempotent (what is gone counts as
+    done): a second attempt gets past one dropped connection or passing
+    error that would otherwise leave a VDI or SR behind for good.
+    Returns whether it succeeded.
+    """
+    for attempt in range(CLEANUP_ATTEMPTS):
+        try:
+            func(*args)
+            return True
+        except Exception as exc:
+            err = exc
+    LOG.warning('Cleaning up %(what)s failed: %(err)s',
+                {'what': what, 'err': err})
+    return False
+
+
+def _lookalikes(session, sr, name, marks, skip=()):
+    """A finder: refs of the VDIs of ``sr`` named ``name`` that carry
+    ``marks`` in their ``other_config``, except those in ``skip``."""
+    def find():
+        found = session.call('VDI.get_all_records_where',
+                             _query(SR=sr, name__label=name))
+        return [ref for ref, rec in found.items()
+                if ref not in skip and rec.get('managed', True) and
+                all(rec.get('other_config', {}).get(k) == v
+                    for k, v in marks.items())]
+    return find
+
+
+def _copies_of(session, ref, sr=None):
+    """A finder for new snapshots, clones or copies (into ``sr``) of VDI
+    ``ref``: until renamed, they have its name and ``other_config``.
+    Those there before are not new (a locked source makes one at a time).
+    """
+    rec = session.call('VDI.get_record', ref)
+    sr = sr or rec['SR']
+    name, marks = rec.get('name_label', ''), rec.get('other_config', {})
+    before = _lookalikes(session, sr, name, marks)()
+    return _lookalikes(session, sr, name, marks, skip=set(before) | {ref})
+
+
 @contextlib.contextmanager
-def _cleanup(what):
-    """Cleanup that must not hide the error being handled."""
+def _reclaim_lost(session, what, find, undo=None, lost_task=False):
+    """Undo what call ``what`` made in the block when its answer was lost.
+
+    ``find()`` returns refs of what the call would have made that were not
+    there before; ``undo(session, ref)`` removes one (``VDI.destroy``). A
+    timed-out call may still be running on the host: it is looked for
+    during one more timeout. ``lost_task``: ``what`` ran as ``Async.``
+    (the session waited for its task to end): its task goes too.
+    """
     try:
         yield
-    except Exception as exc:
-        LOG.warning('Cleaning up %(what)s failed: %(err)s',
-                    {'what': what, 'err': exc})
+    except exception.XenAPIConnectionError as exc:
+        if getattr(exc, 'sent', False):
+            wait = session.timeout if getattr(exc, 'timed_out', False) \
+                else 0
+            found = _reclaim(session, what, find, undo, wait)
+            if lost_task and found:
+                session.forget_lost_tasks(what, found)
+        raise
+
+
+def _reclaim(session, what, find, undo, wait):
+    undo = undo or (lambda s, ref: _gone_ok(s, 'VDI.destroy', ref))
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    while True:
+        try:
+            found = find()
+        except Exception as exc:  # must not hide the first error
+            LOG.warning('Cannot tell whether %(what)s was done: %(err)s',
+                        {'what': what, 'err': exc})
+            return []
+        for ref in found:
+            LOG.warning('%(what)s was done, but its answer was lost: '
+                        'undoing it (%(ref)s).', {'what': what, 'ref': ref})
+            cleanup('%s of %s' % (ref, what), undo, session, ref)
+        if found or time.monotonic() >= deadline:
+            return found
+        session._sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def new_uuid():

@@ -23,6 +23,7 @@ import contextlib
 import http.client
 import shutil
 import urllib.parse
+import uuid
 
 from oslo_log import log as logging
 
@@ -49,14 +50,27 @@ def _check_format(fmt):
 
 @contextlib.contextmanager
 def _task(held, label):
-    task = held.call('task.create', label, 'xenapinfs-driver transfer')
+    # A description of its own tells the task apart, should the answer to
+    # task.create be lost: nobody else would destroy it.
+    mark = 'xenapinfs-driver transfer %s' % uuid.uuid4()
+    try:
+        task = held.call('task.create', label, mark)
+    except exception.XenAPIConnectionError as exc:
+        if exc.sent:
+            try:
+                lost = held.call('task.get_all_records_where',
+                                 'field "name__description"="%s"' % mark)
+            except exception.XenAPINFSException as err:
+                LOG.warning('Cannot look for the task of %(label)s: '
+                            '%(err)s', {'label': label, 'err': err})
+                lost = {}
+            for task in lost:
+                held.destroy_task(task, label)
+        raise
     try:
         yield task
     finally:
-        try:
-            held.call('task.destroy', task)
-        except exception.XenAPINFSException as exc:
-            LOG.debug('task.destroy failed: %s', exc)
+        held.destroy_task(task, label)
 
 
 def _finish(session, held, task, what, status, reason):
@@ -74,7 +88,7 @@ def _settled(session, held, task, what):
     """The task's record once it has left ``pending`` (bounded wait)."""
     delay, waited = 0.02, 0.0
     while True:
-        rec = held.call('task.get_record', task)
+        rec = session.task_record(task, what, held.call)
         if rec.get('status') != 'pending' or waited > session.timeout:
             return rec
         session._sleep(delay)

@@ -22,7 +22,9 @@ Actions:
     answer with the Failure ``error`` (``[code, param, ...]``), not doing
     the call;
 ``drop``
-    close the connection without answering, not doing the call;
+    close the connection without answering, not doing the call (an HTTP
+    transfer's task then fails with ``VDI_IO_ERROR``, as XAPI fails the
+    task of a client that went away);
 ``drop_after``
     do the call, then close without answering (an export sends half of
     its data, then closes; its task fails with ``VDI_IO_ERROR``);

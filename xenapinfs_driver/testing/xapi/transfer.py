@@ -100,6 +100,17 @@ class _Request:
             self.handler.drop()
 
 
+def _dropped(req: _Request) -> None:
+    """A ``drop`` fault: the connection breaks before any data moved.
+
+    XAPI has the request, and so its task, by then: it fails the task as
+    it does when a client goes away, and the client may ask it why.
+    """
+    LOG.info('%s: connection dropped (fault)', req.name)
+    req.fail(HttpFailure(500, ['VDI_IO_ERROR', 'connection closed']),
+             answer=False)
+
+
 def _failure(exc) -> HttpFailure:
     if isinstance(exc, HttpFailure):
         return exc
@@ -120,7 +131,7 @@ def import_raw_vdi(handler) -> None:
     try:
         fault = req.start()
         if fault is not None and fault.action == 'drop':
-            handler.drop()
+            _dropped(req)
             return
         body = importer.Body(handler)
         _import(req, body)
@@ -206,7 +217,7 @@ def export_raw_vdi(handler) -> None:
     try:
         fault = req.start()
         if fault is not None and fault.action == 'drop':
-            handler.drop()
+            _dropped(req)
             return
         if req.call.disk_full:
             raise errors.DiskFull()
