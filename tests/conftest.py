@@ -4,9 +4,9 @@ Importing ``cinder.tests.unit`` monkey-patches the whole process with
 eventlet, and even cinder's volume manager, imported and run in a test,
 turns later thread waits green. Our subprocess, pty and thread tests hang
 under either, so the tests that import cinder's code in-process (the
-"green" ones, listed below) run in a pytest process of their own: ``make test`` runs ``--tier=plain`` and then
-``--tier=green``. A plain ``pytest tests`` refuses to mix them rather than
-hang.
+"green" ones, listed below) run in a pytest process of their own:
+``make test`` runs ``--tier=plain`` and then ``--tier=green``. A plain
+``pytest tests`` refuses to mix them rather than hang.
 
 cinder's ``test.TestCase`` also deletes every attribute of a test case in
 its cleanup, including pytest's own ``test*`` ones, which pytest still reads

@@ -27,7 +27,10 @@ must have installed them, so they fail.
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +52,32 @@ def require(*modules, rabbit=False):
     if os.environ.get('CI'):
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def xenapinfs_backend(url: str, mode: str = 'auto') -> dict:
+    """A cinder backend section for our driver on the XenAPI test server
+    (``running_xapi``) and its export; ``mode`` is
+    ``xenapi_image_transfer``."""
+    # NOTE: imported here: a green-tier module may import this one before
+    # cinder's eventlet monkey-patching, which the XenAPI test server's
+    # modules (selectors, threads) must not precede.
+    from tests import xapi_fixture
+
+    server, path = xapi_fixture.EXPORT
+    return {'volume_driver': 'xenapinfs_driver.driver.XenAPINFSDriver',
+            'xenapi_connection_url': url,
+            'xenapi_connection_username': xapi_fixture.USERNAME,
+            'xenapi_connection_password': xapi_fixture.PASSWORD,
+            'xenapi_nfs_server': server,
+            'xenapi_nfs_serverpath': path,
+            'xenapi_image_transfer': mode}
+
+
+def cli_table(output: str) -> list:
+    """``[(property, value)]`` of a client's ``| Property | Value |``
+    table."""
+    return re.findall(r'^\|\s*(\S[^|]*?)\s*\|\s*(.*?)\s*\|$', output,
+                      re.M)
 
 
 def _keep_logs_only(workdir) -> None:
@@ -80,6 +109,45 @@ def glance_service(tmp_path_factory):
         yield service
     assert not process.port_in_use(service.port)
     _keep_logs_only(workdir)
+
+
+@contextlib.contextmanager
+def running_xapi(root, verbose: bool = False):
+    """The XenAPI test server as its own process, as a host would be:
+    ``EXPORT``, ``USERNAME`` and ``PASSWORD`` of tests/xapi_fixture.py.
+
+    Yields the ``Popen`` with ``url``, ``root`` (dom0's files) and
+    ``log`` (its log file, ``root/xapi.log``) set. ``verbose`` logs each
+    HTTP request too.
+    """
+    from tests import xapi_fixture  # see xenapinfs_backend
+
+    root = str(root)
+    pwfile = os.path.join(root, 'password')
+    with open(pwfile, 'w') as f:
+        f.write(xapi_fixture.PASSWORD)
+    log = os.path.join(root, 'xapi.log')
+    server, path = xapi_fixture.EXPORT
+    argv = [sys.executable, '-m', 'xenapinfs_driver.cmd.xapi_server',
+            '--listen', '127.0.0.1:0', '--root', os.path.join(root, 'dom0'),
+            '--username', xapi_fixture.USERNAME, '--password-file', pwfile,
+            '--export', '%s:%s' % (server, path)]
+    if verbose:
+        argv.append('--verbose')
+    with open(log, 'w') as logf:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=logf,
+                                text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r'listening on (\S+)', line)
+        assert match, 'xapi server said %r' % line
+        proc.url = match.group(1)
+        proc.root = os.path.join(root, 'dom0')
+        proc.log = log
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def assert_stopped(workdir, pids, ports) -> None:
@@ -118,3 +186,46 @@ def running_stack(tmp_path_factory, backends=None, **kw):
         yield stack
     assert_stopped(workdir, pids, ports)
     _keep_logs_only(workdir)
+
+
+# The identity headers a caller's request carries and the driver forwards
+# to dom0's plugin (and glance): a log line showing one with its value
+# shows what lets anyone act as the caller, whatever the value is.
+IDENTITY_HEADERS = ('X-Auth-Token', 'X-Service-Catalog', 'X-Identity-Status',
+                    'X-Roles', 'X-Subject-Token', 'X-Service-Token')
+# "X-Auth-Token: v", "'X-Auth-Token': 'v'", "X-Auth-Token=v", any case;
+# a redacted value ("***", "<redacted>", "...") is fine.
+_HEADER_VALUE = re.compile(
+    r"""(%s)['"]?\s*[:=]\s*(?:b?['"])?(?!\*{3}|<redacted>|\.{3})([^\s'",}]+)"""
+    % '|'.join(re.escape(h) for h in IDENTITY_HEADERS), re.I)
+
+
+def find_secrets(paths, secrets) -> list:
+    """``(path, line number, what)`` of each log line that shows one of
+    ``secrets`` or an identity header's value."""
+    found = []
+    secrets = [s for s in secrets if s]
+    for path in paths:
+        with open(path, 'rb') as f:
+            for number, raw in enumerate(f, 1):
+                line = raw.decode('utf-8', 'replace')
+                for secret in secrets:
+                    if secret in line:
+                        found.append((path, number, 'secret %r' % secret))
+                match = _HEADER_VALUE.search(line)
+                if match:
+                    found.append((path, number, 'header %s=%s'
+                                  % match.groups()))
+    return found
+
+
+def assert_no_secret_logged(stack, extra_paths=(), secrets=()) -> list:
+    """No file the stack logs to (``stack.log_files()``) nor any of
+    ``extra_paths`` (the XenAPI server's log, say) shows the tokens the
+    clients sent (``stack.secrets()``), ``secrets`` (a password) or an
+    identity header's value. Returns the files read."""
+    paths = stack.log_files() + [str(p) for p in extra_paths]
+    found = find_secrets(paths, list(stack.secrets()) + list(secrets))
+    assert not found, 'secrets in logs:\n' + '\n'.join(
+        '%s:%d: %s' % f for f in found[:20])
+    return paths

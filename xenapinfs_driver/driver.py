@@ -21,6 +21,8 @@ This module only turns cinder objects into calls of the layers below:
 ``xenapi`` (session, SR/VDI operations) and ``image`` (glance transfers).
 """
 
+import uuid
+
 from cinder import coordination
 from cinder import exception as cinder_exception
 from cinder.i18n import _
@@ -34,6 +36,7 @@ from oslo_utils import units
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import download
 from xenapinfs_driver.image import meta
+from xenapinfs_driver.image import staging
 from xenapinfs_driver.image import upload
 from xenapinfs_driver import manage
 from xenapinfs_driver import opts
@@ -46,6 +49,8 @@ LOG = logging.getLogger(__name__)
 # operator looking at the SR (xe vdi-list) can tell.
 VOLUME_KEY = manage.VOLUME_KEY
 SNAPSHOT_KEY = 'cinder-snapshot-id'
+# uuid5 namespace of image_vdi_uuid (a fixed, random uuid).
+IMAGE_VDI_NAMESPACE = uuid.UUID('6d1f3c2e-8a0b-4f7e-9c55-2b7d0e4a91c3')
 
 
 def parse_location(location):
@@ -54,6 +59,15 @@ def parse_location(location):
         return None
     sr_uuid, vdi_uuid = location.split('/')
     return (sr_uuid, vdi_uuid) if sr_uuid and vdi_uuid else None
+
+
+def image_vdi_uuid(volume_id):
+    """The uuid dom0's plugin gives the VDI of a volume made from an image.
+
+    Derived from the volume's id, so that a delete finds the VDI of a
+    create whose volume service was killed before it returned.
+    """
+    return str(uuid.uuid5(IMAGE_VDI_NAMESPACE, volume_id))
 
 
 @interface.volumedriver
@@ -142,6 +156,11 @@ class XenAPINFSDriver(driver.VolumeDriver):
         self.uploader = upload.Uploader(
             self.session, sr_path, plugin, depth,
             c('xenapi_image_compression_level'))
+        # Staged files of this service's last run, if it was killed: no
+        # transfer of this service runs yet.
+        tmp_prefix = staging.prefix(self.host)
+        self.downloader.tmp_prefix = self.uploader.tmp_prefix = tmp_prefix
+        staging.remove_leftovers(tmp_prefix)
         LOG.info('XenAPINFS backend %(be)s uses SR %(sr)s; images move by '
                  '%(how)s.', {'be': self._backend(), 'sr': self.sr_uuid,
                               'how': 'the dom0 plugin' if plugin else
@@ -208,7 +227,41 @@ class XenAPINFSDriver(driver.VolumeDriver):
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
     def delete_volume(self, volume):
+        if parse_location(volume.provider_location) is None:
+            return self._destroy_unrecorded(volume)
         self._destroy(volume)
+
+    def _destroy_unrecorded(self, volume):
+        """Destroy a volume's VDI when cinder never learnt where it is.
+
+        A create from an image makes the volume's VDI before cinder
+        learns its location: a volume service killed in the copy leaves
+        it, and cinder sets the volume to error. The stream path marks it
+        with the volume's id when it creates it; dom0's plugin names it
+        :func:`image_vdi_uuid` of the id, and XAPI knows it only after a
+        scan (the image's other layers, its parents, go with it as base
+        copies). A volume that failed to be managed may have marked the
+        user's VDI: that one stays.
+        """
+        if volume.status in ('error_managing', 'error_managing_deleting'):
+            LOG.info('%s was never managed; no VDI to delete.', volume.id)
+            return
+        leaf = image_vdi_uuid(volume.id)
+        if storage.vdi_by_uuid(self.session, leaf) is None:
+            # dom0 may have written it after its caller was gone.
+            self.session.call('SR.scan', self.sr)
+        records = self.session.call('VDI.get_all_records_where',
+                                    'field "SR"="%s"' % self.sr)
+        marked = [rec['uuid'] for rec in records.values()
+                  if rec['uuid'] == leaf or
+                  rec.get('other_config', {}).get(VOLUME_KEY) == volume.id]
+        if not marked:
+            LOG.info('%s has no VDI; nothing to delete.', volume.id)
+        for vdi_uuid in marked:
+            LOG.info('Destroying VDI %(vdi)s of %(id)s, which was never '
+                     'recorded in cinder.', {'vdi': vdi_uuid,
+                                             'id': volume.id})
+            storage.destroy_vdi(self.session, vdi_uuid)
 
     def _destroy(self, obj):
         loc = parse_location(obj.provider_location)
@@ -272,8 +325,8 @@ class XenAPINFSDriver(driver.VolumeDriver):
             self.session.call('VDI.add_to_other_config', ref, key, value)
         except Exception:
             with excutils.save_and_reraise_exception():
-                with _QuietCleanup('VDI %s' % vdi_uuid):
-                    storage.destroy_vdi(self.session, vdi_uuid)
+                storage.cleanup('VDI %s' % vdi_uuid, storage.destroy_vdi,
+                                self.session, vdi_uuid)
 
     # -- snapshots --
 
@@ -311,12 +364,12 @@ class XenAPINFSDriver(driver.VolumeDriver):
             with excutils.save_and_reraise_exception():
                 volume.provider_location = old_location
                 new = parse_location(model['provider_location'])[1]
-                with _QuietCleanup('VDI %s' % new):
-                    storage.destroy_vdi(self.session, new)
+                storage.cleanup('VDI %s' % new, storage.destroy_vdi,
+                                self.session, new)
         # The volume is reverted from here on: a VDI that will not go is
         # an orphan to report, not a failed revert.
-        with _QuietCleanup('old VDI %s of volume %s' % (old, volume.id)):
-            storage.destroy_vdi(self.session, old)
+        storage.cleanup('old VDI %s of volume %s' % (old, volume.id),
+                        storage.destroy_vdi, self.session, old)
 
     # -- images --
 
@@ -339,7 +392,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         _ref, vdi_uuid = self.downloader.new_vdi(
             context, image_service, image_meta, volume.size * units.Gi,
             volume.name, volume.display_description or '',
-            {VOLUME_KEY: volume.id})
+            {VOLUME_KEY: volume.id}, leaf_uuid=image_vdi_uuid(volume.id))
         return self._model(vdi_uuid), True
 
     def copy_image_to_volume(self, context, volume, image_service, image_id,
@@ -448,20 +501,3 @@ class XenAPINFSDriver(driver.VolumeDriver):
         return volume_utils.paginate_entries_list(entries, marker, limit,
                                                   offset, sort_keys,
                                                   sort_dirs)
-
-
-class _QuietCleanup:
-    """Run cleanup without letting its failure hide the first error."""
-
-    def __init__(self, what):
-        self.what = what
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, etype, exc, tb):
-        if not isinstance(exc, Exception):
-            return False    # success, or an interrupt that must go on
-        LOG.warning('Cleaning up %(what)s failed: %(err)s',
-                    {'what': self.what, 'err': exc})
-        return True

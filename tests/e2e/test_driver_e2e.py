@@ -16,7 +16,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import time
 
 import pytest
@@ -25,7 +24,6 @@ from tests import stack_fixture
 from tests import vhd_factory as vf
 from tests import xapi_fixture
 from xenapinfs_driver import vhd
-from xenapinfs_driver.xenapi import session as xsession
 from xenapinfs_driver.xenapi import transfer
 
 MiB = 1 << 20
@@ -34,13 +32,7 @@ SERVER, PATH = xapi_fixture.EXPORT
 
 
 def _backend(mode, url):
-    return {'volume_driver': 'xenapinfs_driver.driver.XenAPINFSDriver',
-            'xenapi_connection_url': url,
-            'xenapi_connection_username': xapi_fixture.USERNAME,
-            'xenapi_connection_password': xapi_fixture.PASSWORD,
-            'xenapi_nfs_server': SERVER,
-            'xenapi_nfs_serverpath': PATH,
-            'xenapi_image_transfer': mode}
+    return stack_fixture.xenapinfs_backend(url, mode)
 
 
 @pytest.fixture(scope='module')
@@ -58,14 +50,6 @@ def stack(tmp_path_factory, xapi):
             tmp_path_factory, backends,
             cinder_options={'image_volume_cache': True}) as s:
         yield s
-
-
-@pytest.fixture(scope='module')
-def xs(xapi):
-    s = xsession.XenAPISession(xapi.url, xapi_fixture.USERNAME,
-                               xapi_fixture.PASSWORD).connect()
-    yield s
-    s.close()
 
 
 def _field(output, name):

@@ -38,6 +38,7 @@ import pytest
 
 from tests import stack_fixture
 from tests import vhd_factory as vf
+from xenapinfs_driver.testing.stack import sqlite_lock
 from xenapinfs_driver.testing.stack import Stack
 from xenapinfs_driver.vhd import writer
 
@@ -205,3 +206,41 @@ def test_sigterm_stops_everything(tmp_path):
 def test_stack_needs_rabbit_for_cinder(tmp_path):
     with pytest.raises(ValueError):
         Stack(str(tmp_path), BACKENDS, rabbit=False)
+
+
+SQLITE_CHILD = """
+import sqlite3, sys
+import sqlalchemy
+from oslo_db.sqlalchemy import engines
+path = sys.argv[1]
+engine = engines.create_engine('sqlite:///' + path)
+with engine.connect() as conn, conn.begin():
+    conn.execute(sqlalchemy.text('select 1'))
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        other.execute('BEGIN IMMEDIATE')
+    except sqlite3.OperationalError as exc:
+        print('locked: %s' % exc)
+    else:
+        print('free')
+"""
+
+
+@pytest.mark.parametrize('shim', [True, False])
+def test_sqlite_transactions_take_the_write_lock_first(tmp_path, shim):
+    """The stack's cinder processes start every transaction with BEGIN
+    IMMEDIATE (sqlite_lock.py), so that a second process waits for the
+    write lock instead of failing "database is locked" half way."""
+    stack_fixture.require('oslo_db')
+    env = dict(os.environ)
+    env.pop('PYTHONPATH', None)
+    if shim:
+        site = tmp_path / 'site'
+        sqlite_lock.write_sitecustomize(str(site))
+        env['PYTHONPATH'] = str(site)
+    out = subprocess.run([sys.executable, '-c', SQLITE_CHILD,
+                          str(tmp_path / 'db.sqlite')], env=env,
+                         capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    expected = 'locked: database is locked' if shim else 'free'
+    assert out.strip() == expected

@@ -668,7 +668,9 @@ class SnapshotTestCase(DriverTestBase):
         vol.save()
         old_uuid = self.vdi_uuid(vol)
         snap = self.snapshot(vol)
-        self.control.add_fault('VDI.destroy', error=['INTERNAL_ERROR', 'x'])
+        # Cleanup is tried twice: fail both.
+        self.control.add_fault('VDI.destroy', error=['INTERNAL_ERROR', 'x'],
+                               times=2)
         self.driver.revert_to_snapshot(self.context, vol, snap)
         self.assertNotEqual(old_uuid, self.vdi_uuid(vol))
         self.assertTrue(self.exists(old_uuid))   # an orphan, reported

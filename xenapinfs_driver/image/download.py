@@ -40,10 +40,12 @@ from cinder import exception as cinder_exception
 from cinder.i18n import _
 from cinder.image import image_utils
 from oslo_log import log as logging
+from oslo_utils import excutils
 from oslo_utils import units
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import meta
+from xenapinfs_driver.image import staging
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import errors as vhd_errors
 from xenapinfs_driver.vhd import pack
@@ -74,6 +76,9 @@ class Downloader:
     :param timeout: seconds a copy inside dom0 may take.
     """
 
+    # Names of the files staged in image_conversion_dir (see staging.py).
+    tmp_prefix = staging.BASE
+
     def __init__(self, session, sr, sr_path, glance_plugin=None,
                  max_depth=30, timeout=3600.0):
         self.session = session
@@ -88,14 +93,17 @@ class Downloader:
                 self.glance_plugin is not None)
 
     def new_vdi(self, context, image_service, image_meta, size, name,
-                description='', other_config=None):
+                description='', other_config=None, leaf_uuid=None):
         """A new VDI of ``size`` bytes holding the image: ``(ref, uuid)``.
 
-        Nothing is left behind when it fails.
+        Nothing is left behind when it fails. ``leaf_uuid``: the uuid dom0
+        gives the new VDI on the plugin path (a caller that is killed in
+        the download can find it again); a fresh one when None.
         """
         image_id = image_meta['id']
         if self._by_plugin(image_meta):
-            ref, vdi_uuid = self._download(context, image_id, size)
+            ref, vdi_uuid = self._download(context, image_id, size,
+                                           leaf_uuid)
             with self._discard_on_error(vdi_uuid):
                 self.session.call('VDI.set_name_label', ref, name)
                 self.session.call('VDI.set_name_description', ref,
@@ -131,9 +139,10 @@ class Downloader:
             leaf, leaf_uuid = self._download(context, image_id, size)
             with self._discard(leaf_uuid):
                 target = self.session.call('VDI.get_by_uuid', vdi_uuid)
-                self.session.call_async('VDI.copy', leaf, self.sr,
-                                        NULL_REF, target,
-                                        timeout=self.timeout)
+                with _lost_task(self.session, 'VDI.copy', [target]):
+                    self.session.call_async('VDI.copy', leaf, self.sr,
+                                            NULL_REF, target,
+                                            timeout=self.timeout)
             how = 'dom0 plugin'
         else:
             with self._staged(context, image_service, image_meta,
@@ -146,13 +155,23 @@ class Downloader:
 
     # -- dom0 plugin --
 
-    def _download(self, context, image_id, size):
+    def _download(self, context, image_id, size, leaf_uuid=None):
         """Fetch the image into new VDIs; ``(ref, uuid)`` of the leaf."""
         stack = [storage.new_uuid() for _ in range(self.max_depth)]
+        if leaf_uuid:
+            stack[-1] = leaf_uuid   # dom0 pops the leaf's first
         fresh = set(stack)
-        leaf_uuid = self.glance_plugin.download_vhd(
-            image_id, meta.endpoint(context), self.sr_path, stack,
-            meta.identity_headers(context))
+        try:
+            with _lost_task(self.session, 'host.call_plugin', fresh):
+                leaf_uuid = self.glance_plugin.download_vhd(
+                    image_id, meta.endpoint(context), self.sr_path, stack,
+                    meta.identity_headers(context))
+        except Exception:
+            # NOTE: dom0 may have moved VHDs into the SR before it failed,
+            # or before its answer was lost: they carry our fresh uuids.
+            with excutils.save_and_reraise_exception():
+                storage.cleanup('the VHDs of image %s' % image_id,
+                                self._remove_fresh, fresh)
         if leaf_uuid not in fresh:
             # Not one of ours: never touch (let alone destroy) it.
             raise exception.ImageTransferError(
@@ -187,14 +206,20 @@ class Downloader:
         try:
             yield
         finally:
-            try:
-                if not storage.destroy_vdi(self.session, vdi_uuid):
-                    # The scan may not have run: files without records.
-                    self.session.call('SR.scan', self.sr)
-                    storage.destroy_vdi(self.session, vdi_uuid)
-            except Exception as exc:  # must not hide the first error
-                LOG.warning('Could not remove downloaded VDI %(vdi)s: '
-                            '%(err)s', {'vdi': vdi_uuid, 'err': exc})
+            storage.cleanup('downloaded VDI %s' % vdi_uuid,
+                            self._remove_fresh, {vdi_uuid})
+
+    def _remove_fresh(self, uuids):
+        """Destroy the VDIs of ``uuids``, fresh ones dom0 wrote."""
+        if len(uuids) == 1 and \
+                storage.destroy_vdi(self.session, next(iter(uuids))):
+            return
+        # The scan may not have run: files without records.
+        self.session.call('SR.scan', self.sr)
+        for rec in self.session.call('VDI.get_all_records_where',
+                                     'field "SR"="%s"' % self.sr).values():
+            if rec['uuid'] in uuids and rec.get('managed', True):
+                storage.destroy_vdi(self.session, rec['uuid'])
 
     # -- stream --
 
@@ -206,8 +231,9 @@ class Downloader:
             does not fit in ``size`` bytes.
         """
         image_id = image_meta['id']
-        with image_utils.temporary_file(prefix='xenapinfs_raw_') as raw, \
-                image_utils.temporary_file(prefix='xenapinfs_vhd_',
+        with image_utils.temporary_file(prefix=self.tmp_prefix + 'raw_'
+                                        ) as raw, \
+                image_utils.temporary_file(prefix=self.tmp_prefix + 'vhd_',
                                            suffix='.vhd') as out:
             if meta.kind(image_meta) == meta.OTHER:
                 # cinder checks the virtual size (in whole GiB) before
@@ -225,7 +251,8 @@ class Downloader:
 
     def _compose(self, context, image_service, image_id, raw, size):
         """Fetch a VHD image and write its disk to ``raw`` (sparse)."""
-        with image_utils.temporary_file(prefix='xenapinfs_img_') as img:
+        with image_utils.temporary_file(prefix=self.tmp_prefix + 'img_'
+                                        ) as img:
             image_utils.fetch(context, image_service, image_id, img,
                               None, None)
             try:
@@ -247,6 +274,19 @@ class Downloader:
     def _import(self, ref, path, length):
         with open(path, 'rb') as src:
             transfer.import_vdi(self.session, ref, src, length, 'vhd')
+
+
+@contextlib.contextmanager
+def _lost_task(session, method, tokens):
+    """When the answer to ``Async.<method>`` in the block is lost, destroy
+    its task once ended (the session waited): its result names one of
+    ``tokens``."""
+    try:
+        yield
+    except exception.XenAPIConnectionError as exc:
+        if exc.sent:
+            session.forget_lost_tasks(method, tokens)
+        raise
 
 
 def plugin_or_none(session, mode, retries, timeout):

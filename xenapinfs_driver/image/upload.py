@@ -36,6 +36,7 @@ from oslo_log import log as logging
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import meta
+from xenapinfs_driver.image import staging
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import pack
 from xenapinfs_driver.xenapi import storage
@@ -49,6 +50,9 @@ class Uploader:
 
     :param level: gzip level of tgz images made by the stream path.
     """
+
+    # Names of the files staged in image_conversion_dir (see staging.py).
+    tmp_prefix = staging.BASE
 
     def __init__(self, session, sr_path, glance_plugin=None, max_depth=30,
                  level=6):
@@ -68,11 +72,8 @@ class Uploader:
             self._upload(context, image_service, image_meta, snap,
                          snap_uuid)
         finally:
-            try:
-                storage.destroy_vdi(self.session, snap_uuid)
-            except exception.XenAPINFSException as exc:
-                LOG.warning('Could not destroy upload snapshot %(snap)s: '
-                            '%(err)s', {'snap': snap_uuid, 'err': exc})
+            storage.cleanup('upload snapshot %s' % snap_uuid,
+                            storage.destroy_vdi, self.session, snap_uuid)
         LOG.info('VDI %(vdi)s uploaded as image %(image)s.',
                  {'vdi': vdi_uuid, 'image': image_id})
 
@@ -89,20 +90,22 @@ class Uploader:
                 chain, meta.identity_headers(context),
                 _plugin_properties(image_meta))
             return
-        with image_utils.temporary_file(prefix='xenapinfs_up_',
+        with image_utils.temporary_file(prefix=self.tmp_prefix + 'up_',
                                         suffix='.vhd') as exported:
             self._export(snap, exported)
             if what == meta.BARE_VHD:
                 self._send(context, image_service, image_meta, exported)
                 return
-            with image_utils.temporary_file(prefix='xenapinfs_raw_') as raw:
+            with image_utils.temporary_file(prefix=self.tmp_prefix + 'raw_'
+                                            ) as raw:
                 vhd.convert(exported, raw)
                 if what == meta.OTHER:
                     image_utils.upload_volume(context, image_service,
                                               image_meta, raw,
                                               run_as_root=False)
                     return
-                with image_utils.temporary_file(prefix='xenapinfs_tgz_',
+                with image_utils.temporary_file(prefix=self.tmp_prefix +
+                                                'tgz_',
                                                 suffix='.tgz') as tgz:
                     pack.pack(raw, tgz, level=self.level)
                     LOG.debug('XenServer image packed: %d bytes',

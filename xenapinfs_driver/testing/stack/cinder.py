@@ -17,13 +17,24 @@ noauth`` (the API takes ``X-Auth-Token: user:project`` and makes everyone
 an admin; no project id in the URL), RabbitMQ, sqlite, one section per
 backend. Two settings exist only because there is no sudo here: oslo.privsep
 would start its daemons through ``sudo cinder-rootwrap``; running as root,
-``helper_command`` starts ``privsep-helper`` directly.
+``helper_command`` starts ``privsep-helper`` directly. The processes share
+one sqlite file, whose transactions the stack makes take the write lock
+first (``sqlite_lock``): with oslo.db's plain BEGIN, two volume services
+under load fail with "database is locked".
 
 Ready means: the API answers, and the scheduler lists a pool for every
 backend (``GET /v3/scheduler-stats/get_pools``), which needs each volume
 service up, its driver initialised and its capabilities received; only
 then can a volume be placed. A volume type per backend is created, bound
 to it by ``volume_backend_name``; the first is the default type.
+
+Active-active: ``volume_services=N`` (N > 1) runs N cinder-volume
+processes with the same backend sections, each with its own ``host``
+(``<host>-1`` .. ``<host>-N``) and all in one ``cluster``, sharing the
+file-based tooz coordination; their logs are ``cinder-volume-1.log`` ..
+``cinder-volume-N.log``. ``kill_volume(i)`` SIGKILLs one (a crash: no
+cleanup of any kind) and ``restart_volume(i)`` starts it again on the same
+host, where cinder's start-up cleanup finds what it left.
 """
 
 from __future__ import annotations
@@ -37,9 +48,19 @@ import urllib.error
 import urllib.request
 
 from xenapinfs_driver.testing.stack import process
+from xenapinfs_driver.testing.stack import sqlite_lock
 
 SERVICES = ('cinder-api', 'cinder-scheduler', 'cinder-volume')
-ADMIN = ('admin', 'admin')           # user id, project id
+# The user id and project id every call is made as. With noauth the token
+# is "user:project" and it reaches the driver as context.auth_token (and
+# dom0 and glance as X-Auth-Token): distinctive, so that a log scan finds
+# it wherever it is written.
+ADMIN = ('xenapinfs-admin', 'xenapinfs-project')
+# The clustered volume services' cluster, when there are several.
+CLUSTER = 'xenapinfs-cluster'
+# What a volume service logs once its driver is up (init_host, with its
+# start-up clean-up, is done) and its RPC servers consume.
+VOLUME_READY = 'Initializing RPC dependent components of volume driver'
 # The internal tenant the image-volume cache keeps its volumes in.
 INTERNAL_TENANT = ('cinder-internal-user', 'cinder-internal-project')
 # cinder's reinit_driver_count default.
@@ -69,15 +90,23 @@ class Cinder(process.Service):
     :param rabbit: the ``rabbit.Rabbit`` the services talk through.
     :param image_volume_cache: turn on the image-volume cache in every
         backend, with cinder's internal tenant set.
+    :param debug: ``[DEFAULT] debug`` for every service.
+    :param volume_services: how many cinder-volume processes serve the
+        backends; more than one makes them a cluster (active-active).
+    :param cluster: the cluster name (``CLUSTER`` when there are several
+        volume services; none for one, unless given).
     :param extra: more options, ``{section: {option: value}}``.
     """
 
     def __init__(self, workdir: str, log_dir: str, backends: dict, *,
                  rabbit, glance_url: str | None = None,
                  image_volume_cache: bool = False, debug: bool = False,
+                 volume_services: int = 1, cluster: str | None = None,
                  extra: dict | None = None, env: dict | None = None):
         if not backends:
             raise ValueError('cinder needs at least one backend')
+        if volume_services < 1:
+            raise ValueError('cinder needs at least one volume service')
         self.workdir = os.path.join(os.path.abspath(workdir), 'cinder')
         self.log_dir = log_dir
         self.backends = {name: dict(opts) for name, opts in backends.items()}
@@ -90,9 +119,12 @@ class Cinder(process.Service):
         self.extra = extra or {}
         self.extra_env = env or {}
         self.host = 'xenapinfs-stack'
+        self.volume_services = volume_services
+        self.cluster = cluster or (CLUSTER if volume_services > 1 else None)
         self.port: int | None = None
         self.conf_path = os.path.join(self.workdir, 'cinder.conf')
         self.procs: list = []
+        self._env: dict = {}
 
     @property
     def url(self) -> str:
@@ -105,6 +137,44 @@ class Cinder(process.Service):
 
     def log_path(self, service: str) -> str:
         return os.path.join(self.log_dir, '%s.log' % service)
+
+    def volume_names(self) -> list:
+        """The volume services' names (and log file names)."""
+        if self.volume_services == 1:
+            return ['cinder-volume']
+        return ['cinder-volume-%d' % i
+                for i in range(1, self.volume_services + 1)]
+
+    def service_names(self) -> list:
+        return list(SERVICES[:-1]) + self.volume_names()
+
+    def volume_host(self, index: int = 0) -> str:
+        """The ``host`` of volume service index (0-based)."""
+        if self.volume_services == 1:
+            return self.host
+        return '%s-%d' % (self.host, index + 1)
+
+    def volume_index(self, host: str) -> int:
+        """Which volume service a volume's ``os-vol-host-attr:host``
+        (``host@backend#pool``) names."""
+        name = host.split('@', 1)[0]
+        for index in range(self.volume_services):
+            if self.volume_host(index) == name:
+                return index
+        raise ValueError('%r is no volume service of this stack' % host)
+
+    def _volume_conf(self, index: int) -> str | None:
+        """A second config file for a volume service: its host and
+        cluster (none when there is one service and no cluster)."""
+        if self.volume_services == 1 and not self.cluster:
+            return None
+        path = os.path.join(self.workdir, 'volume-%d.conf' % (index + 1))
+        options = {'host': self.volume_host(index)}
+        if self.cluster:
+            options['cluster'] = self.cluster
+        with open(path, 'w') as f:
+            f.write(_section('DEFAULT', options))
+        return path
 
     def ports(self) -> list:
         return [self.port] if self.port else []
@@ -156,7 +226,7 @@ class Cinder(process.Service):
         return ''.join(_section(n, o) for n, o in sections.items())
 
     def launch(self) -> None:
-        """Configure, sync the database and start the three services."""
+        """Configure, sync the database and start the services."""
         for sub in ('conversion', 'locks', 'coordination'):
             os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
         self.port = process.free_port()
@@ -167,6 +237,12 @@ class Cinder(process.Service):
             f.write(self._config())
         env = dict(os.environ)
         env.update(self.extra_env)
+        # Several processes write the one sqlite file: see sqlite_lock.
+        site = os.path.join(self.workdir, 'site')
+        sqlite_lock.write_sitecustomize(site)
+        env['PYTHONPATH'] = os.pathsep.join(
+            p for p in (site, env.get('PYTHONPATH')) if p)
+        self._env = env
         sync = subprocess.run(
             [process.venv_bin('cinder-manage'), '--config-file',
              self.conf_path, 'db', 'sync'], env=env, capture_output=True,
@@ -174,14 +250,58 @@ class Cinder(process.Service):
         if sync.returncode:
             raise process.ServiceError('cinder-manage db sync failed:\n%s'
                                        % (sync.stdout + sync.stderr))
-        # All three at once: most of their start-up is importing cinder.
-        for name in SERVICES:
-            proc = process.Process(
-                name, [process.venv_bin(name), '--config-file',
-                       self.conf_path], self.log_path(name), env=env,
-                cwd=self.workdir)
-            self.procs.append(proc)
+        # All at once: most of their start-up is importing cinder.
+        for name in SERVICES[:-1]:
+            self.procs.append(self._process(name, name))
+        for index, name in enumerate(self.volume_names()):
+            self.procs.append(self._process('cinder-volume', name,
+                                            self._volume_conf(index)))
+        for proc in self.procs:
             proc.start()
+
+    def _process(self, binary: str, name: str,
+                 conf: str | None = None) -> process.Process:
+        argv = [process.venv_bin(binary), '--config-file', self.conf_path]
+        if conf:
+            argv += ['--config-file', conf]
+        return process.Process(name, argv, self.log_path(name),
+                               env=self._env, cwd=self.workdir)
+
+    def volume_procs(self) -> list:
+        return self.procs[len(SERVICES) - 1:]
+
+    def kill_volume(self, index: int) -> int:
+        """SIGKILL volume service index and its whole process group (the
+        oslo.service worker, privsep daemons): a crash, nothing runs its
+        cleanup. Returns the killed group's id."""
+        proc = self.volume_procs()[index]
+        pid = proc.pid
+        proc.kill()
+        if proc.group_alive():
+            raise process.ServiceError('process group %d survived SIGKILL'
+                                       % pid)
+        return pid
+
+    def restart_volume(self, index: int, timeout: float = 120) -> None:
+        """Start volume service index again (same host, same log, which
+        grows) and wait until it has done its start-up clean-up and takes
+        work."""
+        old = self.volume_procs()[index]
+        if old.alive():
+            raise process.ServiceError('%s is still running' % old.name)
+        path = old.log_path
+        start = os.path.getsize(path) if os.path.exists(path) else 0
+        proc = process.Process(old.name, old.argv, path, env=old.env,
+                               cwd=old.cwd)
+        self.procs[self.procs.index(old)] = proc
+        proc.start()
+
+        def ready():
+            with open(path, 'rb') as f:
+                f.seek(start)
+                return VOLUME_READY.encode() in f.read()
+        process.wait_until(ready, timeout, '%s to start again' % proc.name,
+                           [proc], interval=0.5)
 
     def wait_ready(self, timeout: float = 120) -> None:
         process.wait_until(self._api_ready, timeout,
@@ -194,6 +314,9 @@ class Cinder(process.Service):
                            interval=0.5)
         process.wait_until(self._pools_ready, timeout,
                            'a scheduler pool for every backend', self.procs,
+                           interval=0.5)
+        process.wait_until(self._volumes_up, timeout,
+                           'every volume service up', self.procs,
                            interval=0.5)
         for name, opts in self.backends.items():
             self.create_type(name, opts['volume_backend_name'])
@@ -218,23 +341,37 @@ class Cinder(process.Service):
         if status != 200:
             return False
         names = {pool['name'].split('#')[0] for pool in body['pools']}
-        return all('%s@%s' % (self.host, b) in names for b in self.backends)
+        # A cluster's backends are known by the cluster's name.
+        owner = self.cluster or self.host
+        return all('%s@%s' % (owner, b) in names for b in self.backends)
+
+    def _volumes_up(self) -> bool:
+        """Every volume service of every backend reports itself up (one
+        pool is enough for the scheduler; a test wants them all)."""
+        status, body = self.api('GET', '/os-services?binary=cinder-volume')
+        if status != 200:
+            return False
+        up = {s['host'] for s in body['services'] if s['state'] == 'up'}
+        return all('%s@%s' % (self.volume_host(i), b) in up
+                   for i in range(self.volume_services)
+                   for b in self.backends)
 
     def _check_driver(self) -> None:
-        """Fail at once when the volume service has given up on a driver,
+        """Fail at once when a volume service has given up on a driver,
         rather than at the end of the wait."""
-        path = self.log_path('cinder-volume')
-        try:
-            with open(path, errors='replace') as f:
-                text = f.read()
-        except OSError:
-            return
-        # The manager tries once, then REINIT_TRIES more times.
-        if text.count('Failed to initialize driver.') > REINIT_TRIES or \
-                'Unsupported drivers are disabled' in text:
-            raise process.ServiceError(
-                'cinder-volume could not initialise its driver; the end '
-                'of %s:\n%s' % (path, process.log_tail(path, 60)))
+        for name in self.volume_names():
+            path = self.log_path(name)
+            try:
+                with open(path, errors='replace') as f:
+                    text = f.read()
+            except OSError:
+                continue
+            # The manager tries once, then REINIT_TRIES more times.
+            if text.count('Failed to initialize driver.') > REINIT_TRIES or \
+                    'Unsupported drivers are disabled' in text:
+                raise process.ServiceError(
+                    '%s could not initialise its driver; the end of %s:\n%s'
+                    % (name, path, process.log_tail(path, 60)))
 
     def create_type(self, name: str, backend_name: str) -> None:
         status, body = self.api('POST', '/types', {'volume_type': {
@@ -245,8 +382,13 @@ class Cinder(process.Service):
                                        % (name, status, body))
 
     def api(self, method: str, path: str, body=None, *, auth=ADMIN,
-            version: str = '3.0', timeout: float = 60):
-        """(status, decoded JSON or None) of one call to the v3 API."""
+            version: str = '3.0', timeout: float = 60,
+            reply_headers: dict | None = None):
+        """(status, decoded JSON or None) of one call to the v3 API.
+
+        ``reply_headers``, when given, gets the answer's headers (its
+        ``x-openstack-request-id`` names the call in every service's log).
+        """
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path, data=data, method=method, headers={
@@ -257,11 +399,16 @@ class Cinder(process.Service):
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 status, raw = resp.status, resp.read()
+                answer_headers = resp.headers
         except urllib.error.HTTPError as exc:
             with exc:
                 status, raw = exc.code, exc.read()
+                answer_headers = exc.headers
         except (socket.timeout, ConnectionError) as exc:
             raise OSError(str(exc)) from None
+        if reply_headers is not None:
+            reply_headers.update((k.lower(), v)
+                                 for k, v in answer_headers.items())
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:

@@ -137,6 +137,20 @@ class Process:
             if exc.errno != errno.ESRCH:
                 raise
 
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, as a crash would end it, and
+        reap the leader; the group is empty on return."""
+        if self.proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, SIGKILL what is left after timeout."""
         if self.proc is None:

@@ -36,6 +36,9 @@ from xenapinfs_driver.testing.stack import rabbit as rabbitmod
 # The volume API microversion the CLI asks for: 3.x gives every command
 # (upload-to-image options, manage, group) cinder 29 has.
 VOLUME_API_VERSION = '3.70'
+# The token the glance CLI sends: glance here checks none, but a log scan
+# looks for it (see ``Stack.secrets``).
+GLANCE_TOKEN = 'xenapinfs-glance-cli-token'
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -178,15 +181,38 @@ class Stack:
         return [p.pid for p in procs]
 
     def log_paths(self) -> dict:
-        """{service: log file}."""
+        """{service: log file}; with several volume services, each has
+        its own (``cinder-volume-1`` ...)."""
         names = []
         if self.want['rabbit']:
             names.append('rabbitmq')
         if self.want['glance']:
             names.append('glance-api')
-        if self.want['cinder']:
+        if self.cinder:
+            names.extend(self.cinder.service_names())
+        elif self.want['cinder']:
             names.extend(cindermod.SERVICES)
         return {n: os.path.join(self.log_dir, '%s.log' % n) for n in names}
+
+    def log_files(self) -> list:
+        """Every file the stack's services log to: the logs directory,
+        whatever else is in it, and RabbitMQ's own log directory."""
+        found = set(self.log_paths().values())
+        for top in (self.log_dir, os.path.join(self.workdir, 'rabbitmq',
+                                               'log')):
+            for dirpath, _dirs, files in os.walk(top):
+                found.update(os.path.join(dirpath, f) for f in files)
+        return sorted(p for p in found if os.path.isfile(p))
+
+    @property
+    def auth_token(self) -> str:
+        """The token the cinder CLI and ``cinder.api`` send (noauth:
+        ``user:project``)."""
+        return '%s:%s' % cindermod.ADMIN
+
+    def secrets(self) -> list:
+        """Values no log may show: the tokens the clients send."""
+        return [self.auth_token, GLANCE_TOKEN]
 
     def cinder_cli_args(self, user=cindermod.ADMIN[0],
                         project=cindermod.ADMIN[1]) -> list:
@@ -201,7 +227,7 @@ class Stack:
         token is never checked, but the client wants one to skip
         keystone."""
         return ['glance', '--os-image-url', self.glance.url,
-                '--os-auth-token', 'noauth']
+                '--os-auth-token', GLANCE_TOKEN]
 
     def openstack_env(self) -> dict:
         """The same as environment variables, for a shell.
@@ -218,7 +244,7 @@ class Stack:
                         'OS_VOLUME_API_VERSION': VOLUME_API_VERSION})
         if self.glance:
             env.update({'OS_IMAGE_URL': self.glance.url,
-                        'OS_AUTH_TOKEN': 'noauth'})
+                        'OS_AUTH_TOKEN': GLANCE_TOKEN})
         return env
 
     def run_cli(self, args, *, check: bool = True, quiet: bool = False,
@@ -268,8 +294,9 @@ class Stack:
                     not status.startswith('error'):
                 raise process.ServiceError(
                     'volume %s is %s (see %s)'
-                    % (volume_id, volume['status'],
-                       self.log_paths()['cinder-volume']))
+                    % (volume_id, volume['status'], ', '.join(
+                        self.log_paths()[n]
+                        for n in self.cinder.volume_names())))
             return None
         return process.wait_until(check, timeout, 'volume %s %s'
                                   % (volume_id, status), self.cinder.procs,
