@@ -18,6 +18,25 @@ import sys
 
 import pytest
 
+
+def _requested_tier(argv):
+    for i, arg in enumerate(argv):
+        if arg == '--tier' and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith('--tier='):
+            return arg.split('=', 1)[1]
+    return 'all'
+
+
+if _requested_tier(sys.argv) == 'green':
+    # Patch before any other conftest loads: pytest loads the conftests of
+    # an argument's test* folders at start-up (tests/unit/testing's brings
+    # the test server), and whatever they import before the patch keeps
+    # the real selectors and threads, which then block every green thread.
+    # cinder's services patch first thing too.
+    from cinder import monkey_patch
+    monkey_patch.patch()
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 GREEN = tuple(os.path.join(_HERE, *p.split('/')) for p in (
     'unit/test_driver.py', 'unit/test_manage.py', 'unit/image',
