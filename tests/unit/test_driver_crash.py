@@ -151,13 +151,7 @@ class PluginCrashTestCase(test_download.GlanceCaller,
 
     def setUp(self):
         super().setUp()
-        data, self.disk, self.layers = test_download.xenserver_tgz(seed=5)
-        image = self.glance.create_image(self.headers, name='xs',
-                                         container_format='ovf',
-                                         disk_format='vhd')
-        self.assertEqual(204, self.glance.upload(image['id'], data,
-                                                 self.headers))
-        self.image = self.images.show(self.context, image['id'])
+        self.image, self.disk, self.layers = self.add_xenserver_image(5)
 
     def test_the_volume_vdi_uuid_comes_from_its_id(self):
         vol = self.volume()

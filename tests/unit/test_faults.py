@@ -35,7 +35,8 @@ timeouts a fixed sample; ``XENAPINFS_FAULTS=full`` (about three times
 longer) runs every kind on every call of every operation.
 
 The number of faults that fired, per operation and kind, is printed at the
-end of the module's run (pytest's terminal, even with ``-q``).
+end of the module's run (pytest's terminal, even with ``-q``), and added
+to the file ``XENAPINFS_FAULTS_REPORT`` names, if set.
 """
 
 import collections
@@ -1000,13 +1001,7 @@ class PluginImageFaultsTestCase(test_download.GlanceCaller, FaultTestBase):
 
     def setUp(self):
         super().setUp()
-        data, self.image_disk, _layers = test_download.xenserver_tgz(seed=4)
-        image = self.glance.create_image(self.headers, name='xs',
-                                         container_format='ovf',
-                                         disk_format='vhd')
-        self.assertEqual(204, self.glance.upload(image['id'], data,
-                                                 self.headers))
-        self.image = self.images.show(self.context, image['id'])
+        self.image, self.image_disk, _layers = self.add_xenserver_image(4)
 
     def xenserver_image(self):
         return self.image

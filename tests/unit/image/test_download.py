@@ -295,6 +295,16 @@ class GlanceCaller:
         self.mock_object(glance.glanceclient, 'Client', client)
         self.images = glance.GlanceImageService()
 
+    def add_xenserver_image(self, seed):
+        """A XenServer tgz in glance: ``(image meta, disk, layers)``."""
+        data, disk, layers = xenserver_tgz(seed=seed)
+        image = self.glance.create_image(self.headers, name='xs',
+                                         container_format='ovf',
+                                         disk_format='vhd')
+        self.assertEqual(204, self.glance.upload(image['id'], data,
+                                                 self.headers))
+        return self.images.show(self.context, image['id']), disk, layers
+
 
 @pytest.mark.usefixtures('_glance')
 class PluginDownloadTestCase(GlanceCaller, test_driver.DriverTestBase):
