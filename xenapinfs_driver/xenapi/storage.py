@@ -150,7 +150,7 @@ def plug_sr(session, sr, server, serverpath):
     try:
         session.call('PBD.plug', pbd)
     except exception.XenAPINFSException:
-        cleanup('PBD %s' % pbd, _gone_ok, session, 'PBD.destroy', pbd)
+        cleanup('PBD %s' % pbd, _unless_gone, session, 'PBD.destroy', pbd)
         raise
     return pbd
 
@@ -161,33 +161,27 @@ def forget_sr(session, sr):
     An SR (or PBD) already gone counts as done, so that a second attempt
     after a lost answer succeeds.
     """
-    try:
-        pbds = session.call('SR.get_PBDs', sr)
-    except exception.XenAPIError as exc:
-        if is_gone(exc):
-            return
-        raise
+    pbds = _unless_gone(session, 'SR.get_PBDs', sr)
+    if pbds is _GONE:
+        return
     for pbd in pbds:
-        try:
-            rec = session.call('PBD.get_record', pbd)
-        except exception.XenAPIError as exc:
-            if is_gone(exc):
-                continue
-            raise
-        if rec.get('currently_attached'):
+        rec = _unless_gone(session, 'PBD.get_record', pbd)
+        if rec is not _GONE and rec.get('currently_attached'):
             session.call('PBD.unplug', pbd)
-    _gone_ok(session, 'SR.forget', sr)
+    _unless_gone(session, 'SR.forget', sr)
 
 
-def _gone_ok(session, method, ref):
-    """Call ``method`` on ``ref``; ``False`` if it was already gone."""
+_GONE = object()
+
+
+def _unless_gone(session, method, ref):
+    """``method`` of ``ref``, or ``_GONE`` if ``ref`` was already gone."""
     try:
-        session.call(method, ref)
+        return session.call(method, ref)
     except exception.XenAPIError as exc:
         if is_gone(exc):
-            return False
+            return _GONE
         raise
-    return True
 
 
 def find_or_create_nfs_sr(session, server, serverpath, tag, name,
@@ -359,7 +353,7 @@ def _undo_on_error(session, ref):
     try:
         yield
     except Exception:
-        cleanup('VDI %s' % ref, _gone_ok, session, 'VDI.destroy', ref)
+        cleanup('VDI %s' % ref, _unless_gone, session, 'VDI.destroy', ref)
         raise
 
 
@@ -431,7 +425,7 @@ def _reclaim_lost(session, what, find, undo=None, lost_task=False):
 
 
 def _reclaim(session, what, find, undo, wait):
-    undo = undo or (lambda s, ref: _gone_ok(s, 'VDI.destroy', ref))
+    undo = undo or (lambda s, ref: _unless_gone(s, 'VDI.destroy', ref))
     deadline = time.monotonic() + wait
     delay = 0.1
     while True:

@@ -143,13 +143,7 @@ class Process:
         if self.proc is None:
             return
         self._signal_group(signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + 10
-        while self.group_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._reap()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, SIGKILL what is left after timeout."""
@@ -164,12 +158,16 @@ class Process:
             time.sleep(0.05)
         else:
             self._signal_group(signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        """Reap the leader, then wait until the group is really empty
+        (children re-parented to init are reaped there), killing what
+        is left, so that the ports are free on return."""
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        # Children re-parented to init are reaped there; wait until the
-        # group is really empty, so that the ports are free on return.
         deadline = time.monotonic() + 10
         while self.group_alive() and time.monotonic() < deadline:
             self._signal_group(signal.SIGKILL)
