@@ -18,6 +18,8 @@ import sys
 
 import pytest
 
+pytest_plugins = ['tests.referees']
+
 
 def _requested_tier(argv):
     for i, arg in enumerate(argv):
