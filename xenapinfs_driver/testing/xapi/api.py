@@ -14,10 +14,11 @@
 Checks come in XAPI's order: the method must exist
 (``MESSAGE_METHOD_UNKNOWN``), the parameter count must fit
 (``MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]``, the
-session not counted), no parameter may be nil (XAPI cannot unmarshal one:
-``FIELD_TYPE_ERROR [parameter name]``), then the session must be live
-(``SESSION_INVALID [ref]``). A handler is ``func(call, *args)``; its
-signature gives the parameter names and counts. ``Async.<Class>.<m>``
+session not counted), every argument must have its parameter's wire type
+(``FIELD_TYPE_ERROR [parameter name]``, see ``wire``), then the session
+must be live (``SESSION_INVALID [ref]``). A handler is
+``func(call, *args)``; its signature gives the parameter names, counts
+and wire types (an annotation on every parameter). ``Async.<Class>.<m>``
 runs the handler in a thread of its own and answers a task ref at once.
 """
 
@@ -33,11 +34,13 @@ from xml.sax import saxutils
 
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import schema
+from xenapinfs_driver.testing.xapi import wire
 
 LOG = logging.getLogger(__name__)
 ASYNC = 'Async.'
 # The calls that write to an export: a disk_full fault fails them at
 # their first write (and they undo it); any other call fails at once.
+SESSION = wire.SessionRef
 WRITES = frozenset(('SR.create', 'VDI.create', 'VDI.snapshot', 'VDI.clone',
                     'VDI.copy', 'VDI.resize', 'VDI.resize_online',
                     'host.call_plugin'))
@@ -68,6 +71,7 @@ class Method:
     func: object
     params: tuple
     required: int
+    types: tuple                    # a wire.WireType per parameter
     session: bool = True
     # testing.*: no session needed, but one sent first is tolerated, so
     # that a logged-in XenAPI.Session can call them too.
@@ -75,20 +79,17 @@ class Method:
 
 
 def method(name, func, session=True, testing=False) -> Method:
-    sig = list(inspect.signature(func).parameters.values())[1:]
+    """The Method of a handler, whose parameters all carry wire types."""
+    sig = list(inspect.signature(func, eval_str=True).parameters.values())
+    sig = sig[1:]                   # the Call
+    untyped = [p.name for p in sig if not isinstance(p.annotation,
+                                                     wire.WireType)]
+    if untyped:
+        raise TypeError('%s: no wire type for %s' % (name,
+                                                     ', '.join(untyped)))
     required = sum(1 for p in sig if p.default is inspect.Parameter.empty)
     return Method(name, func, tuple(p.name for p in sig), required,
-                  session, testing)
-
-
-def _has_nil(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_has_nil(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_nil(v) for v in value.values())
-    return False
+                  tuple(p.annotation for p in sig), session, testing)
 
 
 def dispatch(call: Call, params: tuple, fault=None):
@@ -112,9 +113,9 @@ def dispatch(call: Call, params: tuple, fault=None):
         raise errors.XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', call.name,
                                len(m.params), received)
     names = (('session_id',) if m.session else ()) + m.params
-    for pname, value in zip(names, args):
-        if _has_nil(value):
-            raise errors.field_type(pname)
+    types = ((SESSION,) if m.session else ()) + m.types
+    args = [wire.decode(pname, kind, value)
+            for pname, kind, value in zip(names, types, args)]
     if m.session:
         call.session = server.sessions.touch(args.pop(0))
     if fault is not None and fault.action == 'error':
@@ -190,113 +191,3 @@ def _finish(db, task, status, result='', error=()) -> None:
         db.update('task', task, status=status, result=result,
                   error_info=list(error), progress=1.0,
                   finished=schema.now(), allowed_operations=[])
-
-
-# -- the methods every class has --------------------------------------------
-
-def _check_type(cls, field, value) -> None:
-    default = schema.SCHEMAS[cls].fields[field]
-    want = type(default() if callable(default) else default)
-    ok = isinstance(value, want) or (want is float and
-                                     isinstance(value, int))
-    if ok and want is dict:
-        ok = all(isinstance(k, str) and isinstance(v, str)
-                 for k, v in value.items())
-    if ok and want is list:
-        ok = all(isinstance(v, str) for v in value)
-    if not ok:
-        raise errors.field_type(field)
-
-
-def generic_methods(cls: str) -> dict:
-    """get_record, get_<field>, set_<field>, add_to_<map>... of cls."""
-    sch = schema.SCHEMAS[cls]
-    out = {}
-
-    def get_record(call, self):
-        return call.db.record(cls, self)
-
-    def get_by_uuid(call, uuid):
-        return call.db.by_uuid(cls, uuid)
-
-    out['get_record'] = get_record
-    out['get_by_uuid'] = get_by_uuid
-    if sch.listable:
-        def get_all(call):
-            return call.db.refs(cls)
-
-        def get_all_records(call):
-            return {r: call.db.record(cls, r) for r in call.db.refs(cls)}
-
-        def get_all_records_where(call, expr):
-            return call.db.where(cls, expr)
-        out.update(get_all=get_all, get_all_records=get_all_records,
-                   get_all_records_where=get_all_records_where)
-        if 'name_label' in sch.fields:
-            def get_by_name_label(call, label):
-                return call.db.find(cls, name_label=label)
-            out['get_by_name_label'] = get_by_name_label
-    for field in schema.all_fields(cls):
-        out['get_' + field] = _getter(cls, field)
-    for field in sch.writable:
-        out['set_' + field] = _setter(cls, field)
-        if field in sch.maps():
-            out['add_to_' + field], out['remove_from_' + field] = \
-                _map_editors(cls, field)
-    if 'tags' in sch.writable:
-        out['add_tags'], out['remove_tags'] = _tag_editors(cls)
-    return {'%s.%s' % (cls, name): f for name, f in out.items()}
-
-
-def _getter(cls, field):
-    def get(call, self):
-        return call.db.record(cls, self)[field]
-    return get
-
-
-def _setter(cls, field):
-    def set_(call, self, value):
-        _check_type(cls, field, value)
-        with call.db.lock:
-            call.db.get(cls, self)
-            call.db.update(cls, self, **{field: value})
-        return ''
-    return set_
-
-
-def _map_editors(cls, field):
-    def add(call, self, key, value):
-        _check_type(cls, field, {key: value})
-        with call.db.lock:
-            rec = call.db.get(cls, self)
-            if key in rec[field]:
-                raise errors.XapiError('MAP_DUPLICATE_KEY', cls, field,
-                                       rec['uuid'], key)
-            rec[field][key] = value
-        return ''
-
-    def remove(call, self, key):
-        _check_type(cls, field, {key: ''})
-        with call.db.lock:
-            call.db.get(cls, self)[field].pop(key, None)
-        return ''
-    return add, remove
-
-
-def _tag_editors(cls):
-    def add(call, self, value):
-        _check_type(cls, 'tags', [value])
-        with call.db.lock:
-            tags = call.db.get(cls, self)['tags']
-            if value not in tags:
-                tags.append(value)
-        return ''
-
-    def remove(call, self, value):
-        _check_type(cls, 'tags', [value])
-        with call.db.lock:
-            tags = call.db.get(cls, self)['tags']
-            if value in tags:
-                tags.remove(value)
-        return ''
-    return add, remove

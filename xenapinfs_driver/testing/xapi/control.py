@@ -30,9 +30,10 @@ from __future__ import annotations
 import os
 
 from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import wire
 
 
-def add_fault(call, rule):
+def add_fault(call, rule: wire.Struct):
     try:
         return call.server.faults.add(rule)
     except ValueError as exc:
@@ -61,7 +62,7 @@ def invalidate_sessions(call):
     return str(call.server.sessions.invalidate())
 
 
-def invalidate_session(call, ref):
+def invalidate_session(call, ref: wire.SessionRef):
     return str(call.server.sessions.invalidate(ref))
 
 

@@ -26,6 +26,7 @@ import uuid as uuidlib
 
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import storage as storagemod
+from xenapinfs_driver.testing.xapi import wire
 
 SOFTWARE = {'product_brand': 'XCP-ng', 'product_version': '8.2.1',
             'product_version_text': '8.2', 'product_version_text_short':
@@ -70,48 +71,38 @@ def seed(db, root: str, master_address: str,
 
 _MODES = {'ro': 'RO', 'rw': 'RW'}
 _TYPES = {'disk': 'Disk', 'cd': 'CD', 'floppy': 'Floppy'}
+VBD_RECORD = wire.Record(
+    {'VM': wire.VMRef, 'VDI': wire.VDIRef,
+     'userdevice': wire.String, 'bootable': wire.Bool, 'mode': wire.String,
+     'type': wire.String, 'empty': wire.Bool, 'other_config': wire.Map,
+     'qos_algorithm_type': wire.String, 'qos_algorithm_params': wire.Map},
+    {'unpluggable': (wire.Bool, True)})
 
 
-def vbd_create(call, args):
+def vbd_create(call, args: VBD_RECORD):
     db = call.db
-    if not isinstance(args, dict):
-        raise errors.field_type('args')
-    for key in ('VM', 'VDI', 'userdevice', 'bootable', 'mode', 'type',
-                'empty', 'other_config', 'qos_algorithm_type',
-                'qos_algorithm_params'):
-        if key not in args:
-            raise errors.field_type(key)
-    mode = _MODES.get(str(args['mode']).lower())
-    vtype = _TYPES.get(str(args['type']).lower())
+    mode = _MODES.get(args['mode'].lower())
+    vtype = _TYPES.get(args['type'].lower())
     if mode is None or vtype is None:
         bad = 'mode' if mode is None else 'type'
         raise errors.XapiError('INVALID_VALUE', bad, args[bad])
-    for key in ('bootable', 'empty'):
-        if not isinstance(args[key], bool):
-            raise errors.field_type(key)
     with db.lock:
         db.get('VM', args['VM'])
         if not args['empty']:
             db.get('VDI', args['VDI'])
         used = {db.get('VBD', b)['userdevice']
                 for b in db.find('VBD', VM=args['VM'])}
-        device = str(args['userdevice'])
+        device = args['userdevice']
         if device == 'autodetect':
             device = next(str(n) for n in range(len(used) + 1)
                           if str(n) not in used)
         elif device in used:
             raise errors.XapiError('DEVICE_ALREADY_EXISTS', device)
-        return db.create('VBD', {
-            'VM': args['VM'], 'VDI': args['VDI'], 'userdevice': device,
-            'bootable': args['bootable'], 'mode': mode, 'type': vtype,
-            'empty': args['empty'],
-            'other_config': dict(args['other_config']),
-            'qos_algorithm_type': str(args['qos_algorithm_type']),
-            'qos_algorithm_params': dict(args['qos_algorithm_params']),
-            'unpluggable': bool(args.get('unpluggable', True))})
+        return db.create('VBD', dict(args, userdevice=device, mode=mode,
+                                     type=vtype))
 
 
-def vbd_plug(call, vbd):
+def vbd_plug(call, vbd: wire.VBDRef):
     db = call.db
     with db.lock:
         rec = db.get('VBD', vbd)
@@ -125,7 +116,7 @@ def vbd_plug(call, vbd):
     return ''
 
 
-def vbd_unplug(call, vbd):
+def vbd_unplug(call, vbd: wire.VBDRef):
     with call.db.lock:
         rec = call.db.get('VBD', vbd)
         if not rec['currently_attached']:
@@ -134,7 +125,7 @@ def vbd_unplug(call, vbd):
     return ''
 
 
-def vbd_destroy(call, vbd):
+def vbd_destroy(call, vbd: wire.VBDRef):
     with call.db.lock:
         if call.db.get('VBD', vbd)['currently_attached']:
             raise errors.not_allowed('VBD is currently attached')

@@ -39,6 +39,7 @@ import threading
 
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import faults
+from xenapinfs_driver.testing.xapi import wire
 
 LOG = logging.getLogger(__name__)
 PLUGIN_VERSION = '2.1'
@@ -101,15 +102,12 @@ class Plugins:
                 'glance.py': {'download_vhd2': self._download,
                               'upload_vhd2': self._upload}}
 
-    def call(self, call, plugin, fn, args) -> str:
+    def call(self, call, plugin: str, fn: str, args: dict) -> str:
         table = self.table()
         if plugin not in table:
             raise errors.XapiError('XENAPI_MISSING_PLUGIN', plugin)
         if fn not in table[plugin]:
             raise errors.XapiError('UNKNOWN_XENAPI_PLUGIN_FUNCTION', fn)
-        if not isinstance(args, dict) or not all(
-                isinstance(v, str) for v in args.values()):
-            raise errors.field_type('args')
         name = 'plugin:%s/%s' % (plugin, fn)
         self.server.calls.add(name)
         fault = self.server.faults.take(name)
@@ -189,7 +187,8 @@ class Plugins:
             properties=p['properties'], api_version=p['api_version'])
 
 
-def host_call_plugin(call, host, plugin, fn, args):
+def host_call_plugin(call, host: wire.HostRef, plugin: wire.String,
+                     fn: wire.String, args: wire.Map):
     call.db.get('host', host)
     return call.server.plugins.call(call, plugin, fn, args)
 

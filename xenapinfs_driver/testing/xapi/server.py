@@ -38,6 +38,7 @@ from xenapinfs_driver.testing.xapi import control
 from xenapinfs_driver.testing.xapi import db as dbmod
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import faults as faultsmod
+from xenapinfs_driver.testing.xapi import generic
 from xenapinfs_driver.testing.xapi import hosts
 from xenapinfs_driver.testing.xapi import plugins as pluginsmod
 from xenapinfs_driver.testing.xapi import rpc
@@ -116,7 +117,7 @@ class XapiServer:
     def _methods() -> dict:
         table = {}
         for cls in schema.SCHEMAS:
-            for name, func in api.generic_methods(cls).items():
+            for name, func in generic.methods(cls).items():
                 table[name] = api.method(name, func)
         for module in (sessionsmod, srs, vdis, hosts, pluginsmod):
             for name, func in module.METHODS.items():

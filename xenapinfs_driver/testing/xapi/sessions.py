@@ -25,6 +25,7 @@ import logging
 
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import schema
+from xenapinfs_driver.testing.xapi import wire
 
 LOG = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ class Sessions:
         self._username = username.encode('utf-8')
         self._password = password.encode('utf-8')
 
-    def check(self, username, password) -> bool:
-        if not isinstance(username, str) or not isinstance(password, str):
-            return False
+    def check(self, username: str, password: str) -> bool:
         # Both compared, always: the time taken says nothing.
         user_ok = hmac.compare_digest(username.encode('utf-8'),
                                       self._username)
@@ -67,16 +66,15 @@ class Sessions:
 
 # -- session.* ---------------------------------------------------------------
 
-def login_with_password(call, uname, pwd, version='', originator=''):
+def login_with_password(call, uname: wire.String, pwd: wire.String,
+                        version: wire.String = '',
+                        originator: wire.String = ''):
     if call.master_address is not None:
         raise errors.XapiError('HOST_IS_SLAVE', call.master_address)
     if not call.server.sessions.check(uname, pwd):
         LOG.warning('login refused for user %r', uname)
         raise errors.XapiError('SESSION_AUTHENTICATION_FAILED', uname,
                                'Authentication failure')
-    if not isinstance(originator, str) or not isinstance(version, str):
-        raise errors.field_type('originator' if not isinstance(
-            originator, str) else 'version')
     ref = call.db.create('session', {
         'this_host': call.host, 'last_active': schema.now(),
         'validation_time': schema.now(), 'auth_user_name': uname,
@@ -93,22 +91,20 @@ def logout(call):
 
 # -- task.* ------------------------------------------------------------------
 
-def task_create(call, label, description):
-    if not isinstance(label, str) or not isinstance(description, str):
-        raise errors.field_type('label')
+def task_create(call, label: wire.String, description: wire.String):
     return call.db.create('task', {'name_label': label,
                                    'name_description': description,
                                    'resident_on': call.host})
 
 
-def task_destroy(call, task):
+def task_destroy(call, task: wire.TaskRef):
     with call.db.lock:
         call.db.get('task', task)
         call.db.destroy('task', task)
     return ''
 
 
-def task_cancel(call, task):
+def task_cancel(call, task: wire.TaskRef):
     """A pending task becomes ``cancelling``; its worker notices."""
     with call.db.lock:
         rec = call.db.get('task', task)

@@ -32,43 +32,19 @@ from xml.sax import saxutils
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import storage as storagemod
 from xenapinfs_driver.testing.xapi import vdifiles
+from xenapinfs_driver.testing.xapi import wire
 
 LOG = logging.getLogger(__name__)
 
 
-def _str(name, value) -> str:
-    if not isinstance(value, str):
-        raise errors.field_type(name)
-    return value
-
-
-def _bool(name, value) -> bool:
-    if not isinstance(value, bool):
-        raise errors.field_type(name)
-    return value
-
-
-def _map(name, value) -> dict:
-    if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str)
-            for k, v in value.items()):
-        raise errors.field_type(name)
-    return dict(value)
-
-
-def sr_create(call, host, device_config, physical_size, name_label,
-              name_description, type, content_type, shared, sm_config):
+def sr_create(call, host: wire.HostRef, device_config: wire.Map,
+              physical_size: wire.Int, name_label: wire.String,
+              name_description: wire.String, type: wire.String,
+              content_type: wire.String, shared: wire.Bool,
+              sm_config: wire.Map):
     db, storage = call.db, call.server.storage
     db.get('host', host)
-    device_config = _map('device_config', device_config)
-    sr_type = _str('type', type).lower()
-    for name, value in (('physical_size', physical_size),
-                        ('name_label', name_label),
-                        ('name_description', name_description),
-                        ('content_type', content_type)):
-        _str(name, value)
-    _bool('shared', shared)
-    sm_config = _map('sm_config', sm_config)
+    sr_type = type.lower()
     if sr_type != 'nfs':
         raise errors.XapiError('SR_UNKNOWN_DRIVER', sr_type)
     with db.lock:
@@ -97,15 +73,11 @@ def sr_create(call, host, device_config, physical_size, name_label,
         return sr
 
 
-def sr_introduce(call, uuid, name_label, name_description, type,
-                 content_type, shared, sm_config):
+def sr_introduce(call, uuid: wire.String, name_label: wire.String,
+                 name_description: wire.String, type: wire.String,
+                 content_type: wire.String, shared: wire.Bool,
+                 sm_config: wire.Map):
     db = call.db
-    for name, value in (('uuid', uuid), ('name_label', name_label),
-                        ('name_description', name_description),
-                        ('type', type), ('content_type', content_type)):
-        _str(name, value)
-    _bool('shared', shared)
-    sm_config = _map('sm_config', sm_config)
     with db.lock:
         if uuid and db.find('SR', uuid=uuid):
             raise errors.XapiError('SR_UUID_EXISTS', uuid)
@@ -132,7 +104,7 @@ def _drop_records(db, sr) -> None:
     db.destroy('SR', sr)
 
 
-def sr_forget(call, sr):
+def sr_forget(call, sr: wire.SRRef):
     db = call.db
     with db.lock:
         db.get('SR', sr)
@@ -141,7 +113,7 @@ def sr_forget(call, sr):
     return ''
 
 
-def sr_destroy(call, sr):
+def sr_destroy(call, sr: wire.SRRef):
     db = call.db
     with db.lock:
         rec = db.get('SR', sr)
@@ -169,19 +141,18 @@ def sr_destroy(call, sr):
     return ''
 
 
-def sr_scan(call, sr):
+def sr_scan(call, sr: wire.SRRef):
     with call.db.lock:
         vdifiles.scan(call, sr, storagemod.sr_dir(call, sr))
     return ''
 
 
-def sr_probe(call, host, device_config, type, sm_config):
+def sr_probe(call, host: wire.HostRef, device_config: wire.Map,
+             type: wire.String, sm_config: wire.Map):
     call.db.get('host', host)
-    _map('sm_config', sm_config)
-    if _str('type', type).lower() != 'nfs':
+    if type.lower() != 'nfs':
         raise errors.XapiError('SR_UNKNOWN_DRIVER', type.lower())
-    export = call.server.storage.nfs_dir(_map('device_config',
-                                              device_config))
+    export = call.server.storage.nfs_dir(device_config)
     found = sorted(n for n in os.listdir(export)
                    if storagemod.UUID_RE.match(n) and
                    os.path.isdir(os.path.join(export, n)))
@@ -198,24 +169,21 @@ def sr_get_supported_types(call):
 
 # -- PBD ---------------------------------------------------------------------
 
-def pbd_create(call, args):
+PBD_RECORD = wire.Record(
+    {'host': wire.HostRef, 'SR': wire.SRRef,
+     'device_config': wire.Map},
+    {'other_config': (wire.Map, {})})
+
+
+def pbd_create(call, args: PBD_RECORD):
     db = call.db
-    if not isinstance(args, dict):
-        raise errors.field_type('args')
-    for key in ('host', 'SR', 'device_config'):
-        if key not in args:
-            raise errors.field_type(key)
-    device_config = _map('device_config', args['device_config'])
-    other_config = _map('other_config', args.get('other_config', {}))
     with db.lock:
         db.get('host', args['host'])
         db.get('SR', args['SR'])
         for pbd in db.find('PBD', SR=args['SR'], host=args['host']):
             raise errors.XapiError('PBD_EXISTS', args['SR'], args['host'],
                                    pbd)
-        return db.create('PBD', {'host': args['host'], 'SR': args['SR'],
-                                 'device_config': device_config,
-                                 'other_config': other_config})
+        return db.create('PBD', args)
 
 
 def _plug(call, pbd) -> None:
@@ -243,13 +211,13 @@ def _plug(call, pbd) -> None:
         vdifiles.scan(call, sr, path)
 
 
-def pbd_plug(call, pbd):
+def pbd_plug(call, pbd: wire.PBDRef):
     with call.db.lock:
         _plug(call, pbd)
     return ''
 
 
-def pbd_unplug(call, pbd):
+def pbd_unplug(call, pbd: wire.PBDRef):
     db = call.db
     with db.lock:
         rec = db.get('PBD', pbd)
@@ -268,7 +236,7 @@ def pbd_unplug(call, pbd):
     return ''
 
 
-def pbd_destroy(call, pbd):
+def pbd_destroy(call, pbd: wire.PBDRef):
     db = call.db
     with db.lock:
         if db.get('PBD', pbd)['currently_attached']:

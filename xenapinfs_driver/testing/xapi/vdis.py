@@ -36,6 +36,7 @@ from xenapinfs_driver.testing.xapi import schema
 from xenapinfs_driver.testing.xapi import storage as storagemod
 from xenapinfs_driver.testing.xapi import vdifiles
 from xenapinfs_driver.testing.xapi import vhdio
+from xenapinfs_driver.testing.xapi import wire
 from xenapinfs_driver.vhd import errors as vhderrors
 from xenapinfs_driver.vhd import ops
 
@@ -87,16 +88,6 @@ def _attached(db, vdi) -> bool:
                for b in db.find('VBD', VDI=vdi))
 
 
-def _size(value, name='virtual_size') -> int:
-    """A size as XAPI takes an int64: a decimal string."""
-    if not isinstance(value, str):
-        raise errors.field_type(name)
-    try:
-        return int(value)
-    except ValueError:
-        raise errors.field_type(name) from None
-
-
 def rounded(size: int) -> int:
     if size < 0 or size > MAX_SIZE:
         raise errors.backend(errors.VDI_SIZE, 'size %d is not between 0 '
@@ -104,35 +95,23 @@ def rounded(size: int) -> int:
     return max(ROUND, -(-size // ROUND) * ROUND)
 
 
-def _check(name, value, kind):
-    if not isinstance(value, kind) or (kind is dict and not all(
-            isinstance(k, str) and isinstance(v, str)
-            for k, v in value.items())) or (kind is list and not all(
-            isinstance(v, str) for v in value)):
-        raise errors.field_type(name)
-    return value
-
-
 # -- VDI.* -------------------------------------------------------------------
 
-def vdi_create(call, args):
-    if not isinstance(args, dict):
-        raise errors.field_type('args')
-    for key in ('SR', 'virtual_size', 'type', 'sharable', 'read_only',
-                'other_config'):
-        if key not in args:
-            raise errors.field_type(key)
-    size = _size(args['virtual_size'])
-    vtype = _check('type', args['type'], str).lower()
-    if vtype not in VDI_TYPES:
+VDI_RECORD = wire.Record(
+    {'SR': wire.SRRef, 'virtual_size': wire.Int, 'type': wire.String,
+     'sharable': wire.Bool, 'read_only': wire.Bool,
+     'other_config': wire.Map},
+    {'name_label': (wire.String, ''), 'name_description': (wire.String, ''),
+     'sm_config': (wire.Map, {}), 'xenstore_data': (wire.Map, {}),
+     'tags': (wire.Set(wire.String), [])})
+
+
+def vdi_create(call, args: VDI_RECORD):
+    fields = dict(args)
+    size = fields.pop('virtual_size')
+    fields['type'] = args['type'].lower()
+    if fields['type'] not in VDI_TYPES:
         raise errors.XapiError('INVALID_VALUE', 'type', args['type'])
-    fields = {'type': vtype, 'SR': args['SR']}
-    for key, kind, default in (
-            ('sharable', bool, False), ('read_only', bool, False),
-            ('other_config', dict, {}), ('name_label', str, ''),
-            ('name_description', str, ''), ('sm_config', dict, {}),
-            ('xenstore_data', dict, {}), ('tags', list, [])):
-        fields[key] = _check(key, args.get(key, default), kind)
     db = call.db
     with db.lock:
         db.get('SR', args['SR'])
@@ -151,7 +130,7 @@ def vdi_create(call, args):
             physical_utilisation=str(os.path.getsize(path))))
 
 
-def vdi_destroy(call, vdi):
+def vdi_destroy(call, vdi: wire.VDIRef):
     db = call.db
     with db.lock:
         rec, path = locate(call, vdi, 'destroy')
@@ -165,8 +144,7 @@ def vdi_destroy(call, vdi):
     return ''
 
 
-def _snapshot(call, vdi, driver_params, clone: bool) -> str:
-    _check('driver_params', driver_params, dict)
+def _snapshot(call, vdi, clone: bool) -> str:
     db, storage = call.db, call.server.storage
     with db.lock:
         rec, path = locate(call, vdi, 'clone' if clone else 'snapshot')
@@ -209,15 +187,18 @@ def _snapshot(call, vdi, driver_params, clone: bool) -> str:
         return ref
 
 
-def vdi_snapshot(call, vdi, driver_params={}):
-    return _snapshot(call, vdi, driver_params, clone=False)
+# driver_params: sm's FileSR takes none that change what it does.
+def vdi_snapshot(call, vdi: wire.VDIRef, driver_params: wire.Map = {}):
+    return _snapshot(call, vdi, clone=False)
 
 
-def vdi_clone(call, vdi, driver_params={}):
-    return _snapshot(call, vdi, driver_params, clone=True)
+def vdi_clone(call, vdi: wire.VDIRef, driver_params: wire.Map = {}):
+    return _snapshot(call, vdi, clone=True)
 
 
-def vdi_copy(call, vdi, sr, base_vdi=schema.NULL, into_vdi=schema.NULL):
+def vdi_copy(call, vdi: wire.VDIRef, sr: wire.SRRef,
+             base_vdi: wire.VDIRef = schema.NULL,
+             into_vdi: wire.VDIRef = schema.NULL):
     """A full copy: into a new VDI of sr, or over into_vdi's content.
 
     base_vdi only tells XAPI which blocks may be skipped; the result is
@@ -303,9 +284,8 @@ def _copy_into(call, src_path, into_vdi, into_path) -> None:
         raise
 
 
-def vdi_resize(call, vdi, size):
+def vdi_resize(call, vdi: wire.VDIRef, size: wire.Int):
     db, storage = call.db, call.server.storage
-    size = _size(size, 'size')
     with db.lock:
         rec, path = locate(call, vdi, 'resize')
         size = rounded(size)
@@ -338,7 +318,7 @@ def vdi_resize(call, vdi, size):
     return ''
 
 
-def vdi_forget(call, vdi):
+def vdi_forget(call, vdi: wire.VDIRef):
     with call.db.lock:
         call.db.get('VDI', vdi)
         vdifiles.drop_record(call.db, vdi)
