@@ -124,6 +124,33 @@ def test_error_shapes(session, sr):
     assert details(exc) == ['FIELD_TYPE_ERROR', 'self']
 
 
+def test_type_errors_are_decided_once(xapi_server, session):
+    """The cases where the old per-module checks answered differently."""
+    x = session.xenapi
+    # The parameter that is wrong is named (task.create said 'label').
+    with pytest.raises(XenAPI.Failure) as exc:
+        x.task.create('t', 5)
+    assert details(exc) == ['FIELD_TYPE_ERROR', 'description']
+    # Not a failed login: the name cannot even be read.
+    with pytest.raises(XenAPI.Failure) as exc:
+        XenAPI.Session(xapi_server.url).xenapi.login_with_password(5, 'x')
+    assert details(exc) == ['FIELD_TYPE_ERROR', 'uname']
+    # A ref that is not a string is a type error, not HANDLE_INVALID...
+    with pytest.raises(XenAPI.Failure) as exc:
+        x.SR.get_record(5)
+    assert details(exc) == ['FIELD_TYPE_ERROR', 'self']
+    # ... found before the session is looked at, as XAPI unmarshals first.
+    raw = xmlrpc.client.ServerProxy(xapi_server.url)
+    assert raw.SR.get_record('OpaqueRef:nope', 5)['ErrorDescription'] == [
+        'FIELD_TYPE_ERROR', 'self']
+    # An int travels as a decimal string: SR.create took any string.
+    host = x.session.get_this_host(session.handle)
+    with pytest.raises(XenAPI.Failure) as exc:
+        x.SR.create(host, xapi_fixture.DEVICE_CONFIG, 'big', 'n', '', 'nfs',
+                    'user', False, {})
+    assert details(exc) == ['FIELD_TYPE_ERROR', 'physical_size']
+
+
 def test_unparseable_request_is_http_500(xapi_server):
     parts = urllib.parse.urlsplit(xapi_server.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port)

@@ -268,6 +268,37 @@ def test_vbd_blocks_unplug_and_destroy(xapi_server, session, sr):
     x.PBD.unplug(pbd)
 
 
+def test_vbd_create_checks_every_field(session, sr):
+    x = session.xenapi
+    vdi = xapi_fixture.create_vdi(session, sr, 2 << 20)
+    dom0 = list(x.VM.get_all_records_where(
+        'field "is_control_domain"="true"'))[0]
+    record = {'VM': dom0, 'VDI': vdi, 'userdevice': '0', 'bootable': False,
+              'mode': 'RW', 'type': 'disk', 'empty': False,
+              'other_config': {}, 'qos_algorithm_type': '',
+              'qos_algorithm_params': {}}
+    # These were taken as they came, or turned into strings.
+    for key, value in (('other_config', {'a': 1}), ('userdevice', 0),
+                       ('mode', 1), ('unpluggable', 'yes')):
+        with pytest.raises(XenAPI.Failure) as exc:
+            x.VBD.create(dict(record, **{key: value}))
+        assert details(exc) == ['FIELD_TYPE_ERROR', key]
+    assert x.VBD.get_all() == []
+
+
+def test_shared_pbds_keep_their_own_maps():
+    with xapi_fixture.running_server(
+            slave_listen=('127.0.0.2', 0)) as server:
+        session = xapi_fixture.login(server)
+        x = session.xenapi
+        sr = xapi_fixture.create_sr(session, shared=True)
+        one, two = x.SR.get_PBDs(sr)
+        x.PBD.add_to_device_config(one, 'k', 'v')
+        x.PBD.add_to_other_config(one, 'k', 'v')
+        assert 'k' not in x.PBD.get_device_config(two)
+        assert x.PBD.get_other_config(two) == {}
+
+
 def test_quota_is_the_physical_size():
     with xapi_fixture.running_server(sr_size=64 << 20) as server:
         session = xapi_fixture.login(server)
