@@ -35,11 +35,9 @@ from xenapinfs_driver.vhd import stream
 from xenapinfs_driver.vhd import tar
 
 LOG = logging.getLogger(__name__)
-# The plugin's names, shared with the other half.
+# The plugin's errors, shared with the other half.
 PluginError = dom0_plugin.PluginError
 RetryableError = dom0_plugin.RetryableError
-CHUNK = dom0_plugin.CHUNK
-SOCKET_TIMEOUT = dom0_plugin.SOCKET_TIMEOUT
 LEGACY_NAMES = ('snap.vhd', 'image.vhd', 'base.vhd')
 SWAP = 'swap.vhd'
 
@@ -70,7 +68,7 @@ def _inflated(read):
     buf = b''
     while True:
         if not buf:
-            buf = read(CHUNK)
+            buf = read(dom0_plugin.CHUNK)
             if not buf:
                 break
         if dec.eof:
@@ -80,7 +78,7 @@ def _inflated(read):
             dec = zlib.decompressobj(31)
         started = True
         while True:
-            out = dec.decompress(buf, CHUNK)
+            out = dec.decompress(buf, dom0_plugin.CHUNK)
             if out:
                 yield out
             if dec.eof:
@@ -88,7 +86,7 @@ def _inflated(read):
                 break
             buf = dec.unconsumed_tail
             # A full piece may leave output pending inside zlib.
-            if not buf and len(out) < CHUNK:
+            if not buf and len(out) < dom0_plugin.CHUNK:
                 break
     if not started:
         raise vhd_errors.ArchiveError('the image is empty')
@@ -129,7 +127,7 @@ def _extract(reader, staging):
                 out.write(piece)
     # The rest of the body: the gzip trailer is checked and the md5 covers
     # every byte, as when tar reads its input to the end.
-    while src.read_upto(CHUNK):
+    while src.read_upto(dom0_plugin.CHUNK):
         pass
 
 
@@ -140,7 +138,7 @@ def fetch(url, headers, staging):
     # none either, and a dom0 talks to glance directly.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        resp = opener.open(request, timeout=SOCKET_TIMEOUT)
+        resp = opener.open(request, timeout=dom0_plugin.SOCKET_TIMEOUT)
     except urllib.error.HTTPError as exc:
         exc.close()
         raise RetryableError('HTTP %d from %s: %s'

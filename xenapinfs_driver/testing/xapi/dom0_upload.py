@@ -31,12 +31,10 @@ import urllib.parse
 from xenapinfs_driver.testing.xapi import dom0_plugin
 
 LOG = logging.getLogger(__name__)
-# The plugin's names, shared with the other half.
+# The plugin's errors, shared with the other half.
 PluginError = dom0_plugin.PluginError
 RetryableError = dom0_plugin.RetryableError
 Failure = dom0_plugin.Failure
-CHUNK = dom0_plugin.CHUNK
-SOCKET_TIMEOUT = dom0_plugin.SOCKET_TIMEOUT
 PATCH_TYPE = 'application/openstack-images-v2.1-json-patch'
 # GNU tar -z runs gzip at its default level.
 DEFAULT_COMPRESSION = 6
@@ -74,7 +72,7 @@ class _ChunkedBody:
 
     def write(self, data) -> int:
         self.buf += data
-        if len(self.buf) >= CHUNK:
+        if len(self.buf) >= dom0_plugin.CHUNK:
             self._send()
         return len(data)
 
@@ -123,10 +121,10 @@ class Uploader:
     def _connect(self):
         if self.parts.scheme == 'https':
             return http.client.HTTPSConnection(
-                self.parts.netloc, timeout=SOCKET_TIMEOUT,
+                self.parts.netloc, timeout=dom0_plugin.SOCKET_TIMEOUT,
                 context=ssl.create_default_context())
-        return http.client.HTTPConnection(self.parts.netloc,
-                                          timeout=SOCKET_TIMEOUT)
+        return http.client.HTTPConnection(
+            self.parts.netloc, timeout=dom0_plugin.SOCKET_TIMEOUT)
 
     def _request(self, method, path, body=None, headers=None):
         """One request on a new connection: (status, body bytes)."""
