@@ -33,6 +33,7 @@ from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import units
 
+from xenapinfs_driver import backend
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import download
 from xenapinfs_driver.image import meta
@@ -45,20 +46,10 @@ from xenapinfs_driver.xenapi import storage
 
 LOG = logging.getLogger(__name__)
 
-# other_config keys recording which cinder object a VDI belongs to, so an
-# operator looking at the SR (xe vdi-list) can tell.
-VOLUME_KEY = manage.VOLUME_KEY
-SNAPSHOT_KEY = 'cinder-snapshot-id'
+VOLUME_KEY = backend.VOLUME_KEY
+SNAPSHOT_KEY = backend.SNAPSHOT_KEY
 # uuid5 namespace of image_vdi_uuid (a fixed, random uuid).
 IMAGE_VDI_NAMESPACE = uuid.UUID('6d1f3c2e-8a0b-4f7e-9c55-2b7d0e4a91c3')
-
-
-def parse_location(location):
-    """``(sr_uuid, vdi_uuid)`` from a ``provider_location``, or ``None``."""
-    if not location or location.count('/') != 1:
-        return None
-    sr_uuid, vdi_uuid = location.split('/')
-    return (sr_uuid, vdi_uuid) if sr_uuid and vdi_uuid else None
 
 
 def image_vdi_uuid(volume_id):
@@ -97,9 +88,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         super().__init__(*args, **kwargs)
         self.configuration.append_config_values(opts.xenapi_opts)
         self._session_factory = session_factory or xsession.XenAPISession
-        self.session = None
-        self.sr = None
-        self.sr_uuid = None
+        self.backend = None
         self.downloader = None
         self.uploader = None
 
@@ -129,7 +118,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         """Log in to the host and find, introduce or create the SR."""
         self._required()
         c = self._conf
-        self.session = self._session_factory(
+        session = self._session_factory(
             c('xenapi_connection_url'), c('xenapi_connection_username'),
             c('xenapi_connection_password'),
             originator='cinder-volume xenapinfs-driver %s' % self.VERSION,
@@ -139,22 +128,21 @@ class XenAPINFSDriver(driver.VolumeDriver):
             ca_bundle=c('xenapi_ssl_ca_bundle'),
             max_connections=c('xenapi_connection_concurrent'))
         try:
-            self.session.connect()
-            plugin = self._find_sr_and_plugin()
+            session.connect()
+            plugin = self._find_sr_and_plugin(session)
         except Exception:
             # A failed setup must not keep logins open on the host; cinder
             # calls do_setup again when the service restarts.
             with excutils.save_and_reraise_exception():
-                self.session.close()
-                self.session = self.sr = self.sr_uuid = None
+                session.close()
+                self.backend = None
+        sr, sr_uuid = self.backend.sr, self.backend.sr_uuid
         depth = c('xenapi_max_chain_depth')
-        sr_path = '%s/%s' % (c('xenapi_sr_base_path').rstrip('/'),
-                             self.sr_uuid)
+        sr_path = '%s/%s' % (c('xenapi_sr_base_path').rstrip('/'), sr_uuid)
         self.downloader = download.Downloader(
-            self.session, self.sr, sr_path, plugin, depth,
-            c('xenapi_image_timeout'))
+            session, sr, sr_path, plugin, depth, c('xenapi_image_timeout'))
         self.uploader = upload.Uploader(
-            self.session, sr_path, plugin, depth,
+            session, sr_path, plugin, depth,
             c('xenapi_image_compression_level'))
         # Staged files of this service's last run, if it was killed: no
         # transfer of this service runs yet.
@@ -162,72 +150,48 @@ class XenAPINFSDriver(driver.VolumeDriver):
         self.downloader.tmp_prefix = self.uploader.tmp_prefix = tmp_prefix
         staging.remove_leftovers(tmp_prefix)
         LOG.info('XenAPINFS backend %(be)s uses SR %(sr)s; images move by '
-                 '%(how)s.', {'be': self._backend(), 'sr': self.sr_uuid,
+                 '%(how)s.', {'be': self._backend(), 'sr': sr_uuid,
                               'how': 'the dom0 plugin' if plugin else
                               'streaming'})
 
-    def _find_sr_and_plugin(self):
+    def _find_sr_and_plugin(self, session):
+        """Build :attr:`backend` on the SR; the dom0 plugin, if used."""
         c = self._conf
-        tag = '%s@%s:%s' % (self._backend(), c('xenapi_nfs_server'),
-                            c('xenapi_nfs_serverpath'))
+        server, path = c('xenapi_nfs_server'), c('xenapi_nfs_serverpath')
+        tag = '%s@%s:%s' % (self._backend(), server, path)
         # Several volume services of one backend (active-active) start
         # together: one finds or creates the SR, the others then find it.
         with coordination.COORDINATOR.get_lock('%s-sr-%s' % (
                 self.driver_prefix, self._backend())):
-            self.sr, self.sr_uuid = storage.find_or_create_nfs_sr(
-                self.session, c('xenapi_nfs_server'),
-                c('xenapi_nfs_serverpath'), tag,
-                'Cinder %s' % self._backend(), c('xenapi_sr_uuid'))
-        return download.plugin_or_none(
-            self.session, c('xenapi_image_transfer'),
-            c('xenapi_plugin_retries'), c('xenapi_image_timeout'))
+            sr, sr_uuid = storage.find_or_create_nfs_sr(
+                session, server, path, tag, 'Cinder %s' % self._backend(),
+                c('xenapi_sr_uuid'))
+        plugin = download.plugin_or_none(
+            session, c('xenapi_image_transfer'), c('xenapi_plugin_retries'),
+            c('xenapi_image_timeout'))
+        self.backend = backend.Backend(session, sr, sr_uuid, server, path)
+        return plugin
 
     def check_for_setup_error(self):
-        if self.session is None or self.sr is None:
+        if self.backend is None:
             raise exception.XenAPINFSException(reason=_('do_setup failed'))
-        self.session.call('SR.get_record', self.sr)
-
-    # -- locations --
-
-    def _location(self, obj):
-        loc = parse_location(obj.provider_location)
-        if loc is None:
-            raise exception.XenAPINFSException(
-                reason=_('%(id)s has no valid provider_location (%(loc)r)')
-                % {'id': obj.id, 'loc': obj.provider_location})
-        return loc
-
-    def _vdi(self, obj):
-        """The ref of the VDI of a volume or snapshot in our SR."""
-        sr_uuid, vdi_uuid = self._location(obj)
-        if sr_uuid != self.sr_uuid:
-            raise exception.XenAPINFSException(
-                reason=_('%(id)s is in SR %(sr)s, a volume of the historical '
-                         'one-SR-per-volume layout: unmanage it and manage '
-                         'it again as "%(sr)s/%(vdi)s" to move it into this '
-                         'backend\'s SR')
-                % {'id': obj.id, 'sr': sr_uuid, 'vdi': vdi_uuid})
-        ref = storage.vdi_by_uuid(self.session, vdi_uuid)
-        if ref is None:
-            raise exception.XenAPINFSException(
-                reason=_('VDI %(vdi)s of %(id)s is missing from SR %(sr)s')
-                % {'vdi': vdi_uuid, 'id': obj.id, 'sr': sr_uuid})
-        return ref
+        self.backend.session.call('SR.get_record', self.backend.sr)
 
     def _model(self, vdi_uuid):
-        return {'provider_location': '%s/%s' % (self.sr_uuid, vdi_uuid)}
+        return {'provider_location': self.backend.format_location(vdi_uuid)}
 
     # -- volumes --
 
     def create_volume(self, volume):
+        be = self.backend
         ref, vdi_uuid = storage.create_vdi(
-            self.session, self.sr, volume.size * units.Gi, volume.name,
+            be.session, be.sr, volume.size * units.Gi, volume.name,
             volume.display_description or '', {VOLUME_KEY: volume.id})
         return self._model(vdi_uuid)
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
     def delete_volume(self, volume):
-        if parse_location(volume.provider_location) is None:
+        if self.backend.parse_location(volume.provider_location) is None:
             return self._destroy_unrecorded(volume)
         self._destroy(volume)
 
@@ -246,12 +210,13 @@ class XenAPINFSDriver(driver.VolumeDriver):
         if volume.status in ('error_managing', 'error_managing_deleting'):
             LOG.info('%s was never managed; no VDI to delete.', volume.id)
             return
+        be = self.backend
         leaf = image_vdi_uuid(volume.id)
-        if storage.vdi_by_uuid(self.session, leaf) is None:
+        if storage.vdi_by_uuid(be.session, leaf) is None:
             # dom0 may have written it after its caller was gone.
-            self.session.call('SR.scan', self.sr)
-        records = self.session.call('VDI.get_all_records_where',
-                                    'field "SR"="%s"' % self.sr)
+            be.session.call('SR.scan', be.sr)
+        records = be.session.call('VDI.get_all_records_where',
+                                  'field "SR"="%s"' % be.sr)
         marked = [rec['uuid'] for rec in records.values()
                   if rec['uuid'] == leaf or
                   rec.get('other_config', {}).get(VOLUME_KEY) == volume.id]
@@ -261,17 +226,17 @@ class XenAPINFSDriver(driver.VolumeDriver):
             LOG.info('Destroying VDI %(vdi)s of %(id)s, which was never '
                      'recorded in cinder.', {'vdi': vdi_uuid,
                                              'id': volume.id})
-            storage.destroy_vdi(self.session, vdi_uuid)
+            storage.destroy_vdi(be.session, vdi_uuid)
 
     def _destroy(self, obj):
-        loc = parse_location(obj.provider_location)
+        loc = self.backend.parse_location(obj.provider_location)
         if loc is None:
             LOG.info('%s has no VDI; nothing to delete.', obj.id)
             return
         sr_uuid, vdi_uuid = loc
-        if sr_uuid != self.sr_uuid:
+        if self.backend.is_old_layout(sr_uuid):
             return self._destroy_legacy(sr_uuid, vdi_uuid)
-        if not storage.destroy_vdi(self.session, vdi_uuid):
+        if not storage.destroy_vdi(self.backend.session, vdi_uuid):
             LOG.info('VDI %(vdi)s of %(id)s was already gone.',
                      {'vdi': vdi_uuid, 'id': obj.id})
 
@@ -282,60 +247,44 @@ class XenAPINFSDriver(driver.VolumeDriver):
         old driver left it. An SR the export no longer holds took its
         volume with it: that is "already gone", not a failure.
         """
-        server = self._conf('xenapi_nfs_server')
-        path = self._conf('xenapi_nfs_serverpath')
-        if storage.sr_by_uuid(self.session, sr_uuid) is None and \
-                sr_uuid not in storage.probe_nfs_srs(self.session, server,
-                                                     path):
+        attached = self.backend.old_sr(sr_uuid)
+        if attached is None:
             LOG.info('SR %(sr)s of VDI %(vdi)s is not on %(server)s:%(path)s '
                      'any more; nothing to delete.',
-                     {'sr': sr_uuid, 'vdi': vdi_uuid, 'server': server,
-                      'path': path})
+                     {'sr': sr_uuid, 'vdi': vdi_uuid,
+                      'server': self.backend.server,
+                      'path': self.backend.serverpath})
             return
-        with storage.attached_sr(self.session, sr_uuid, server, path):
-            if not storage.destroy_vdi(self.session, vdi_uuid):
+        with attached:
+            if not storage.destroy_vdi(self.backend.session, vdi_uuid):
                 LOG.info('VDI %(vdi)s of SR %(sr)s was already gone.',
                          {'vdi': vdi_uuid, 'sr': sr_uuid})
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
     def extend_volume(self, volume, new_size):
-        storage.grow_vdi(self.session, self._vdi(volume), new_size * units.Gi)
+        storage.grow_vdi(self.backend.session, self.backend.vdi(volume),
+                         new_size * units.Gi)
 
     @coordination.synchronized('{self.driver_prefix}-{src_vref.id}')
     def create_cloned_volume(self, volume, src_vref):
-        return self._clone(self._vdi(src_vref), volume)
+        return self._clone(self.backend.vdi(src_vref), volume)
 
     def _clone(self, source, volume):
         """A copy-on-write clone of VDI ``source`` as ``volume``."""
         ref, vdi_uuid = storage.clone_vdi(
-            self.session, source, volume.name,
+            self.backend.session, source, volume.name,
             volume.display_description or '', volume.size * units.Gi)
-        self._own(ref, vdi_uuid, VOLUME_KEY, volume.id)
+        self.backend.mark(ref, vdi_uuid, VOLUME_KEY, volume.id)
         return self._model(vdi_uuid)
-
-    def _own(self, ref, vdi_uuid, key, value):
-        """Mark a new VDI as cinder's ``key`` ``value``, or destroy it.
-
-        A snapshot or clone inherits its source's ``other_config``: the
-        source's marks go, so that a snapshot never claims to be a volume.
-        """
-        try:
-            for old in (VOLUME_KEY, SNAPSHOT_KEY):
-                self.session.call('VDI.remove_from_other_config', ref, old)
-            self.session.call('VDI.add_to_other_config', ref, key, value)
-        except Exception:
-            with excutils.save_and_reraise_exception():
-                storage.cleanup('VDI %s' % vdi_uuid, storage.destroy_vdi,
-                                self.session, vdi_uuid)
 
     # -- snapshots --
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.volume_id}')
     def create_snapshot(self, snapshot):
         ref, vdi_uuid = storage.snapshot_vdi(
-            self.session, self._vdi(snapshot.volume), snapshot.name,
-            snapshot.display_description or '')
-        self._own(ref, vdi_uuid, SNAPSHOT_KEY, snapshot.id)
+            self.backend.session, self.backend.vdi(snapshot.volume),
+            snapshot.name, snapshot.display_description or '')
+        self.backend.mark(ref, vdi_uuid, SNAPSHOT_KEY, snapshot.id)
         return self._model(vdi_uuid)
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
@@ -344,7 +293,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
     def create_volume_from_snapshot(self, volume, snapshot):
-        return self._clone(self._vdi(snapshot), volume)
+        return self._clone(self.backend.vdi(snapshot), volume)
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
     def revert_to_snapshot(self, context, volume, snapshot):
@@ -354,22 +303,23 @@ class XenAPINFSDriver(driver.VolumeDriver):
         new VDI is recorded before the old one goes, so a crash between
         the two leaves an orphan VDI, never a volume without data.
         """
+        be = self.backend
         old_location = volume.provider_location
-        old = self._location(volume)[1]
-        model = self._clone(self._vdi(snapshot), volume)
+        old = be.location(volume)[1]
+        model = self._clone(be.vdi(snapshot), volume)
         try:
             volume.provider_location = model['provider_location']
             volume.save()
         except Exception:
             with excutils.save_and_reraise_exception():
                 volume.provider_location = old_location
-                new = parse_location(model['provider_location'])[1]
+                new = be.parse_location(model['provider_location'])[1]
                 storage.cleanup('VDI %s' % new, storage.destroy_vdi,
-                                self.session, new)
+                                be.session, new)
         # The volume is reverted from here on: a VDI that will not go is
         # an orphan to report, not a failed revert.
         storage.cleanup('old VDI %s of volume %s' % (old, volume.id),
-                        storage.destroy_vdi, self.session, old)
+                        storage.destroy_vdi, be.session, old)
 
     # -- images --
 
@@ -399,19 +349,19 @@ class XenAPINFSDriver(driver.VolumeDriver):
                              disable_sparse=False):
         image_meta = image_service.show(context, image_id)
         self.downloader.to_vdi(context, image_service, image_meta,
-                               self._location(volume)[1],
+                               self.backend.location(volume)[1],
                                volume.size * units.Gi)
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
     def copy_volume_to_image(self, context, volume, image_service,
                              image_meta):
         self.uploader.from_vdi(context, image_service, image_meta,
-                               self._location(volume)[1])
+                               self.backend.location(volume)[1])
 
     # -- attach (the historical xensm contract) --
 
     def initialize_connection(self, volume, connector, initiator_data=None):
-        sr_uuid, vdi_uuid = self._location(volume)
+        sr_uuid, vdi_uuid = self.backend.location(volume)
         return {
             'driver_volume_type': self.driver_volume_type,
             'data': {
@@ -420,8 +370,8 @@ class XenAPINFSDriver(driver.VolumeDriver):
                 'sr_uuid': sr_uuid,
                 'vdi_uuid': vdi_uuid,
                 'sr_type': 'nfs',
-                'server': self._conf('xenapi_nfs_server'),
-                'serverpath': self._conf('xenapi_nfs_serverpath'),
+                'server': self.backend.server,
+                'serverpath': self.backend.serverpath,
                 'introduce_sr_keys': ['sr_type', 'server', 'serverpath'],
             },
         }
@@ -459,8 +409,8 @@ class XenAPINFSDriver(driver.VolumeDriver):
             'backend_state': 'down',
         }
         try:
-            total, used, provisioned = storage.sr_capacity(self.session,
-                                                           self.sr)
+            total, used, provisioned = storage.sr_capacity(
+                self.backend.session, self.backend.sr)
             data.update(total_capacity_gb=round(total / units.Gi, 2),
                         free_capacity_gb=round(max(total - used, 0) /
                                                units.Gi, 2),
@@ -469,7 +419,8 @@ class XenAPINFSDriver(driver.VolumeDriver):
                         backend_state='up')
         except Exception as exc:  # stats must never raise
             LOG.warning('Cannot read the capacity of SR %(sr)s: %(err)s',
-                        {'sr': self.sr_uuid, 'err': exc})
+                        {'sr': self.backend and self.backend.sr_uuid,
+                         'err': exc})
         self._stats = data
 
     def get_volume_stats(self, refresh=False):
@@ -480,24 +431,24 @@ class XenAPINFSDriver(driver.VolumeDriver):
     # -- manage / unmanage --
 
     def manage_existing(self, volume, existing_ref):
-        return manage.manage_volume(self, volume, existing_ref)
+        return manage.manage_volume(self.backend, volume, existing_ref)
 
     def manage_existing_get_size(self, volume, existing_ref):
-        return manage.volume_size(self, existing_ref)
+        return manage.volume_size(self.backend, existing_ref)
 
     def unmanage(self, volume):
-        manage.unmanage(self, volume)
+        manage.unmanage(self.backend, volume)
 
     def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
                                sort_keys, sort_dirs):
-        entries = manage.list_volumes(self, cinder_volumes)
+        entries = manage.list_volumes(self.backend, cinder_volumes)
         return volume_utils.paginate_entries_list(entries, marker, limit,
                                                   offset, sort_keys,
                                                   sort_dirs)
 
     def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
                                  offset, sort_keys, sort_dirs):
-        entries = manage.list_snapshots(self, cinder_snapshots)
+        entries = manage.list_snapshots(self.backend, cinder_snapshots)
         return volume_utils.paginate_entries_list(entries, marker, limit,
                                                   offset, sort_keys,
                                                   sort_dirs)

@@ -26,11 +26,12 @@ from oslo_utils import excutils
 from oslo_utils import units
 from oslo_utils import uuidutils
 
+from xenapinfs_driver import backend
 from xenapinfs_driver.xenapi import storage
 
 LOG = logging.getLogger(__name__)
 
-VOLUME_KEY = 'cinder-volume-id'
+VOLUME_KEY = backend.VOLUME_KEY
 
 
 def _gib(size):
@@ -59,22 +60,22 @@ def _quoted(value):
     return '"%s"' % value.replace('\\', '\\\\').replace('"', '\\"')
 
 
-def _find(drv, existing_ref, name):
+def _find(be, existing_ref, name):
     """The ref of the VDI ``name`` (uuid or unique label) in our SR."""
-    ref = storage.vdi_by_uuid(drv.session, name)
+    ref = storage.vdi_by_uuid(be.session, name)
     if ref is None:
-        found = [r for r, rec in drv.session.call(
+        found = [r for r, rec in be.session.call(
             'VDI.get_all_records_where',
             'field "name__label"=%s' % _quoted(name)).items()
-            if rec.get('SR') == drv.sr and rec.get('managed', True)]
+            if rec.get('SR') == be.sr and rec.get('managed', True)]
         if len(found) != 1:
             raise _invalid(existing_ref, _('%(n)d VDIs in SR %(sr)s match '
                                            '%(name)s') %
-                           {'n': len(found), 'sr': drv.sr_uuid,
+                           {'n': len(found), 'sr': be.sr_uuid,
                             'name': name})
         ref = found[0]
-    rec = drv.session.call('VDI.get_record', ref)
-    if rec.get('SR') != drv.sr:
+    rec = be.session.call('VDI.get_record', ref)
+    if rec.get('SR') != be.sr:
         raise _invalid(existing_ref, _('VDI %s is not in this backend\'s SR')
                        % rec['uuid'])
     reason = _unsafe(rec)
@@ -97,107 +98,106 @@ def _unsafe(rec):
     return None
 
 
-def _find_legacy(drv, existing_ref, name):
+def _find_legacy(be, existing_ref, name):
     """The ref of VDI ``name`` in an SR of the historical layout."""
-    ref = storage.vdi_by_uuid(drv.session, name)
+    ref = storage.vdi_by_uuid(be.session, name)
     if ref is None:
         raise _invalid(existing_ref, _('no VDI %s') % name)
-    reason = _unsafe(drv.session.call('VDI.get_record', ref))
+    reason = _unsafe(be.session.call('VDI.get_record', ref))
     if reason:
         raise _invalid(existing_ref, reason)
     return ref
 
 
-def volume_size(drv, existing_ref):
+def volume_size(be, existing_ref):
     sr_uuid, name = _parse(existing_ref)
-    if sr_uuid and sr_uuid != drv.sr_uuid:
-        with _legacy(drv, existing_ref, sr_uuid):
-            ref = _find_legacy(drv, existing_ref, name)
-            return _gib(drv.session.call('VDI.get_virtual_size', ref))
-    _ref, rec = _find(drv, existing_ref, name)
+    if be.is_old_layout(sr_uuid):
+        with _legacy(be, existing_ref, sr_uuid):
+            ref = _find_legacy(be, existing_ref, name)
+            return _gib(be.session.call('VDI.get_virtual_size', ref))
+    _ref, rec = _find(be, existing_ref, name)
     return _gib(rec['virtual_size'])
 
 
-def manage_volume(drv, volume, existing_ref):
+def manage_volume(be, volume, existing_ref):
     """Adopt the VDI as ``volume``; return its model update.
 
     The cinder mark is set last, so that a failure leaves the VDI as
     manageable as it was (and a copy made here is destroyed).
     """
     sr_uuid, name = _parse(existing_ref)
-    copied = sr_uuid and sr_uuid != drv.sr_uuid
+    copied = be.is_old_layout(sr_uuid)
     if copied:
-        with _legacy(drv, existing_ref, sr_uuid):
-            old = _find_legacy(drv, existing_ref, name)
-            ref, vdi_uuid = storage.copy_vdi(drv.session, old, drv.sr,
+        with _legacy(be, existing_ref, sr_uuid):
+            old = _find_legacy(be, existing_ref, name)
+            ref, vdi_uuid = storage.copy_vdi(be.session, old, be.sr,
                                              volume.name)
         LOG.info('Copied VDI %(old)s of SR %(sr)s into %(new)s for volume '
                  '%(vol)s; the old SR was forgotten, its files kept.',
                  {'old': name, 'sr': sr_uuid, 'new': vdi_uuid,
                   'vol': volume.id})
     else:
-        ref, rec = _find(drv, existing_ref, name)
+        ref, rec = _find(be, existing_ref, name)
         vdi_uuid = rec['uuid']
     try:
         # cinder sized the volume from manage_existing_get_size (whole
         # GiB, rounded up): the VDI must be as large as cinder thinks.
-        storage.grow_vdi(drv.session, ref, volume.size * units.Gi)
-        drv.session.call('VDI.set_name_label', ref, volume.name)
-        drv.session.call('VDI.remove_from_other_config', ref, VOLUME_KEY)
-        drv.session.call('VDI.add_to_other_config', ref, VOLUME_KEY,
-                         volume.id)
+        storage.grow_vdi(be.session, ref, volume.size * units.Gi)
+        be.session.call('VDI.set_name_label', ref, volume.name)
+        be.session.call('VDI.remove_from_other_config', ref, VOLUME_KEY)
+        be.session.call('VDI.add_to_other_config', ref, VOLUME_KEY,
+                        volume.id)
     except Exception:
         with excutils.save_and_reraise_exception():
             if copied:
                 storage.cleanup('VDI %s' % vdi_uuid, storage.destroy_vdi,
-                                drv.session, vdi_uuid)
+                                be.session, vdi_uuid)
             else:
                 # NOTE: the mark may be set even so, its answer lost: a
                 # VDI marked as a volume could never be managed again.
                 storage.cleanup('the mark of VDI %s' % vdi_uuid,
-                                drv.session.call,
+                                be.session.call,
                                 'VDI.remove_from_other_config', ref,
                                 VOLUME_KEY)
-    return {'provider_location': '%s/%s' % (drv.sr_uuid, vdi_uuid)}
+    return {'provider_location': be.format_location(vdi_uuid)}
 
 
-def unmanage(drv, volume):
+def unmanage(be, volume):
     """Leave the VDI in the SR, no longer marked as cinder's."""
-    loc = (volume.provider_location or '').split('/')
-    ref = storage.vdi_by_uuid(drv.session, loc[1]) if len(loc) == 2 \
-        else None
+    loc = be.parse_location(volume.provider_location)
+    ref = storage.vdi_by_uuid(be.session, loc[1]) if loc else None
     if ref is None:
         LOG.info('Volume %s has no VDI to unmanage.', volume.id)
         return
-    drv.session.call('VDI.remove_from_other_config', ref, VOLUME_KEY)
+    be.session.call('VDI.remove_from_other_config', ref, VOLUME_KEY)
 
 
-def _legacy(drv, existing_ref, sr_uuid):
+def _legacy(be, existing_ref, sr_uuid):
     """Attach an SR of the historical layout for the duration."""
-    server = drv._conf('xenapi_nfs_server')
-    path = drv._conf('xenapi_nfs_serverpath')
-    if storage.sr_by_uuid(drv.session, sr_uuid) is None and \
-            sr_uuid not in storage.probe_nfs_srs(drv.session, server, path):
+    attached = be.old_sr(sr_uuid)
+    if attached is None:
         raise _invalid(existing_ref, _('no SR %(sr)s on %(server)s:%(path)s')
-                       % {'sr': sr_uuid, 'server': server, 'path': path})
-    return storage.attached_sr(drv.session, sr_uuid, server, path)
+                       % {'sr': sr_uuid, 'server': be.server,
+                          'path': be.serverpath})
+    return attached
 
 
-def _ours(objs):
+def _ours(be, objs):
+    """``{vdi_uuid: cinder id}`` of the cinder objects ``objs``."""
     found = {}
     for obj in objs:
-        loc = (obj.provider_location or '').split('/')
-        if len(loc) == 2:
+        loc = be.parse_location(obj.provider_location)
+        if loc:
             found[loc[1]] = obj.id
     return found
 
 
-def list_volumes(drv, cinder_volumes):
+def list_volumes(be, cinder_volumes):
     """Entries for cinder's get_manageable_volumes, before paging."""
-    known = _ours(cinder_volumes)
+    known = _ours(be, cinder_volumes)
     entries = []
-    records = drv.session.call('VDI.get_all_records_where',
-                               'field "SR"="%s"' % drv.sr)
+    records = be.session.call('VDI.get_all_records_where',
+                              'field "SR"="%s"' % be.sr)
     for rec in records.values():
         if not rec.get('managed', True) or rec.get('is_a_snapshot'):
             continue
@@ -214,19 +214,19 @@ def list_volumes(drv, cinder_volumes):
     return entries
 
 
-def list_snapshots(drv, cinder_snapshots):
+def list_snapshots(be, cinder_snapshots):
     """Entries for cinder's get_manageable_snapshots, before paging."""
-    known = _ours(cinder_snapshots)
+    known = _ours(be, cinder_snapshots)
     entries = []
-    records = drv.session.call('VDI.get_all_records_where',
-                               'field "SR"="%s" and field "is_a_snapshot"='
-                               '"true"' % drv.sr)
+    records = be.session.call('VDI.get_all_records_where',
+                              'field "SR"="%s" and field "is_a_snapshot"='
+                              '"true"' % be.sr)
     for ref, rec in records.items():
         parent = rec.get('snapshot_of')
         parent_uuid = None
         if parent and parent != 'OpaqueRef:NULL':
             try:
-                parent_uuid = drv.session.call('VDI.get_uuid', parent)
+                parent_uuid = be.session.call('VDI.get_uuid', parent)
             except Exception:
                 parent_uuid = None
         cinder_id = known.get(rec['uuid'])

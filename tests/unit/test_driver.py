@@ -40,6 +40,7 @@ from oslo_utils import units
 
 from tests.vhd_factory import mismatch
 from tests import xapi_fixture
+from xenapinfs_driver import backend
 from xenapinfs_driver import driver
 from xenapinfs_driver import exception
 from xenapinfs_driver import opts
@@ -135,8 +136,8 @@ class DriverTestBase(test.TestCase):
 
     @staticmethod
     def _close(drv):
-        if drv.session is not None:
-            drv.session.close()
+        if drv.backend is not None:
+            drv.backend.session.close()
 
     # -- cinder objects -------------------------------------------------------
 
@@ -167,10 +168,10 @@ class DriverTestBase(test.TestCase):
 
     @property
     def session(self):
-        return self.driver.session
+        return self.driver.backend.session
 
     def vdi_uuid(self, obj):
-        return obj.provider_location.split('/')[1]
+        return backend.Backend.parse_location(obj.provider_location)[1]
 
     def ref(self, obj_or_uuid):
         vdi_uuid = obj_or_uuid if isinstance(obj_or_uuid, str) \
@@ -185,7 +186,8 @@ class DriverTestBase(test.TestCase):
 
     def sr_dir(self, sr_uuid=None, server=None):
         return os.path.join((server or self.server).root, 'exports', SERVER,
-                            PATH.lstrip('/'), sr_uuid or self.driver.sr_uuid)
+                            PATH.lstrip('/'),
+                            sr_uuid or self.driver.backend.sr_uuid)
 
     def files(self, sr_uuid=None):
         return sorted(n for n in os.listdir(self.sr_dir(sr_uuid))
@@ -248,8 +250,9 @@ class DriverTestBase(test.TestCase):
 
     def visible_vdis(self, sr=None):
         """uuid -> record of the SR's managed VDIs (not base copies)."""
-        recs = self.session.call('VDI.get_all_records_where',
-                                 'field "SR"="%s"' % (sr or self.driver.sr))
+        recs = self.session.call(
+            'VDI.get_all_records_where',
+            'field "SR"="%s"' % (sr or self.driver.backend.sr))
         return {r['uuid']: r for r in recs.values() if r['managed']}
 
     @contextlib.contextmanager
@@ -270,7 +273,7 @@ class DriverTestBase(test.TestCase):
             self.assertEqual(state[key], after[key], key)
         known = {r['location'] for r in self.session.call(
             'VDI.get_all_records_where',
-            'field "SR"="%s"' % self.driver.sr).values()}
+            'field "SR"="%s"' % self.driver.backend.sr).values()}
         self.assertEqual(sorted('%s.vhd' % k for k in known), self.files())
 
 
@@ -284,40 +287,40 @@ class SetupTestCase(DriverTestBase):
     def test_creates_tags_and_finds_the_sr_again(self):
         drv = self.driver
         group = drv.configuration.config_group
-        rec = self.session.call('SR.get_record', drv.sr)
+        rec = self.session.call('SR.get_record', drv.backend.sr)
         tag = '%s@%s:%s' % (group, SERVER, PATH)
         self.assertEqual(tag, rec['other_config'][storage.TAG_KEY])
         self.assertEqual('nfs', rec['type'])
         self.assertTrue(os.path.isdir(self.sr_dir()))
-        self.assertEqual([drv.sr_uuid], self._tagged(tag))
+        self.assertEqual([drv.backend.sr_uuid], self._tagged(tag))
         # A second volume service of the same backend (active-active),
         # or this one restarted: the same SR, no second one.
         again = self.make_driver(group=group)
         again.do_setup(self.context)
-        self.assertEqual(drv.sr_uuid, again.sr_uuid)
-        self.assertEqual([drv.sr_uuid], self._tagged(tag))
+        self.assertEqual(drv.backend.sr_uuid, again.backend.sr_uuid)
+        self.assertEqual([drv.backend.sr_uuid], self._tagged(tag))
         # Another backend section gets its own.
         other = self.make_driver()
         other.do_setup(self.context)
-        self.assertNotEqual(drv.sr_uuid, other.sr_uuid)
+        self.assertNotEqual(drv.backend.sr_uuid, other.backend.sr_uuid)
 
     def test_volume_backend_name_names_the_sr(self):
         drv = self.make_driver(volume_backend_name='gold')
         drv.do_setup(self.context)
-        rec = self.session.call('SR.get_record', drv.sr)
+        rec = self.session.call('SR.get_record', drv.backend.sr)
         self.assertEqual('gold@%s:%s' % (SERVER, PATH),
                          rec['other_config'][storage.TAG_KEY])
         self.assertEqual('Cinder gold', rec['name_label'])
 
     def test_sr_uuid_adopts_a_forgotten_sr(self):
         vol = self.new_volume(data=b'kept' * 1024)
-        sr_uuid = self.driver.sr_uuid
-        storage.forget_sr(self.session, self.driver.sr)
+        sr_uuid = self.driver.backend.sr_uuid
+        storage.forget_sr(self.session, self.driver.backend.sr)
         self.assertIsNone(storage.sr_by_uuid(self.session, sr_uuid))
         drv = self.make_driver(xenapi_sr_uuid=sr_uuid)
         drv.do_setup(self.context)
-        self.assertEqual(sr_uuid, drv.sr_uuid)
-        rec = self.session.call('SR.get_record', drv.sr)
+        self.assertEqual(sr_uuid, drv.backend.sr_uuid)
+        rec = self.session.call('SR.get_record', drv.backend.sr)
         self.assertEqual('%s@%s:%s' % (drv.configuration.config_group,
                                        SERVER, PATH),
                          rec['other_config'][storage.TAG_KEY])
@@ -325,7 +328,8 @@ class SetupTestCase(DriverTestBase):
         # An SR the host knows is adopted as it is, and re-tagged.
         third = self.make_driver(xenapi_sr_uuid=sr_uuid)
         third.do_setup(self.context)
-        self.assertEqual((drv.sr, sr_uuid), (third.sr, third.sr_uuid))
+        self.assertEqual((drv.backend.sr, sr_uuid),
+                         (third.backend.sr, third.backend.sr_uuid))
         self.assertEqual([sr_uuid], self._tagged('%s@%s:%s' % (
             third.configuration.config_group, SERVER, PATH)))
 
@@ -337,7 +341,7 @@ class SetupTestCase(DriverTestBase):
                 drv.do_setup(self.context)
             self.assertIn(name, str(err.exception))
             self.assertNotIn(xapi_fixture.PASSWORD, str(err.exception))
-            self.assertIsNone(drv.session)
+            self.assertIsNone(drv.backend)
 
     def test_wrong_password_is_a_clear_error_without_it(self):
         sessions = int(self.control.state()['session'])
@@ -349,7 +353,7 @@ class SetupTestCase(DriverTestBase):
         self.assertIn('refused the login of user root', text)
         self.assertIn(self.server.url, text)
         self.assertNotIn(wrong, text)
-        self.assertIsNone(drv.session)
+        self.assertIsNone(drv.backend)
         self.assertEqual(sessions, int(self.control.state()['session']))
 
     def test_unreachable_host(self):
@@ -415,7 +419,7 @@ class VolumeTestCase(DriverTestBase):
         vol = self.volume(display_name='db', display_description='data')
         model = self.driver.create_volume(vol)
         sr_uuid, vdi_uuid = model['provider_location'].split('/')
-        self.assertEqual(self.driver.sr_uuid, sr_uuid)
+        self.assertEqual(self.driver.backend.sr_uuid, sr_uuid)
         vol.provider_location = model['provider_location']
         rec = self.record(vol)
         self.assertEqual(str(GiB), rec['virtual_size'])
@@ -528,7 +532,7 @@ class VolumeTestCase(DriverTestBase):
 
     def test_operations_on_a_volume_without_vdi_fail_clearly(self):
         vol = self.volume(provider_location='%s/%s' % (
-            self.driver.sr_uuid, uuid.uuid4()))
+            self.driver.backend.sr_uuid, uuid.uuid4()))
         with self.assertRaises(exception.XenAPINFSException) as err:
             self.driver.extend_volume(vol, 2)
         self.assertIn('missing', str(err.exception))

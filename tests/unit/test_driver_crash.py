@@ -46,7 +46,7 @@ def marked(testcase, volume_id):
     """uuids of the SR's VDIs marked as volume_id's."""
     return sorted(rec['uuid'] for rec in testcase.session.call(
         'VDI.get_all_records_where',
-        'field "SR"="%s"' % testcase.driver.sr).values()
+        'field "SR"="%s"' % testcase.driver.backend.sr).values()
         if rec['other_config'].get(driver.VOLUME_KEY) == volume_id)
 
 
@@ -157,7 +157,7 @@ class PluginCrashTestCase(test_download.GlanceCaller,
         vol = self.volume()
         model, _ = self.driver.clone_image(self.context, vol, None,
                                            self.image, self.images)
-        self.assertEqual('%s/%s' % (self.driver.sr_uuid,
+        self.assertEqual('%s/%s' % (self.driver.backend.sr_uuid,
                                     driver.image_vdi_uuid(vol.id)),
                          model['provider_location'])
 

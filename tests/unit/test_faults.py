@@ -445,7 +445,7 @@ class ManageExisting(Op):
     name = 'manage_existing'
 
     def prepare(self, t):
-        ref, vdi_uuid = storage.create_vdi(t.session, t.driver.sr,
+        ref, vdi_uuid = storage.create_vdi(t.session, t.driver.backend.sr,
                                            GiB + 4 * MiB, 'adopt me')
         t.write(ref, pattern(MiB, 9))
         return types.SimpleNamespace(vdi=vdi_uuid)
@@ -548,7 +548,7 @@ class Manageable(Op):
 
     def prepare(self, t):
         vol = t.new_volume()
-        _ref, loose = storage.create_vdi(t.session, t.driver.sr, GiB,
+        _ref, loose = storage.create_vdi(t.session, t.driver.backend.sr, GiB,
                                          'loose')
         return types.SimpleNamespace(vol=vol, loose=loose)
 
@@ -587,8 +587,8 @@ class Setup(Op):
             if rec['other_config'].get(storage.TAG_KEY) == tag]
 
     def tidy(self, t, ctx):
-        if ctx.drv.session is not None:
-            ctx.drv.session.close()
+        if ctx.drv.backend is not None:
+            ctx.drv.backend.session.close()
         for sr in self.tagged(t, ctx):
             sr_uuid = t.session.call('SR.get_uuid', sr)
             storage.forget_sr(t.session, sr)
@@ -741,7 +741,7 @@ class FaultTestBase(test_driver.DriverTestBase):
     def assert_sr_clean(self, must, may):
         """Our SR holds the VDIs cinder knows, files only for records."""
         records = self.session.call('VDI.get_all_records_where',
-                                    'field "SR"="%s"' % self.driver.sr)
+                                    'field "SR"="%s"' % self.driver.backend.sr)
         visible = {r['uuid'] for r in records.values() if r['managed']}
         self.assertLessEqual(must, visible, 'VDIs cinder knows are gone')
         self.assertLessEqual(visible, must | may,
@@ -777,7 +777,7 @@ class FaultTestBase(test_driver.DriverTestBase):
         """Destroy every VDI of our SR; base copies go with them."""
         for ref, rec in self.session.call(
                 'VDI.get_all_records_where',
-                'field "SR"="%s"' % self.driver.sr).items():
+                'field "SR"="%s"' % self.driver.backend.sr).items():
             if rec['managed']:
                 storage.cleanup(ref, self.session.call, 'VDI.destroy', ref)
 
@@ -914,9 +914,9 @@ class SetupFaultsTestCase(FaultTestBase):
             if self.retried and kind in ('drop', 'timeout') and \
                     _repeatable(call):
                 self.fail('a dropped %s is retried, yet: %s' % (call, error))
-            if ctx.drv.sr is None:
-                # A failed do_setup keeps no login open.
-                self.assertIsNone(ctx.drv.session)
+            if ctx.drv.backend is None:
+                # A failed do_setup keeps no login open: the backend
+                # holds the driver's only session, and it was not built.
                 self.assertRaises(cinder_exception.CinderException,
                                   ctx.drv.check_for_setup_error)
         self.assertEqual(before['task'], self.host_state()['task'], 'task')
@@ -927,13 +927,13 @@ class SetupFaultsTestCase(FaultTestBase):
                                  xenapi_sr_uuid=ctx.sr)
         again.do_setup(self.context)
         again.check_for_setup_error()
-        self.assertEqual([again.sr], op.tagged(self, ctx))
+        self.assertEqual([again.backend.sr], op.tagged(self, ctx))
         if ctx.sr:
-            self.assertEqual(ctx.sr, again.sr_uuid)
+            self.assertEqual(ctx.sr, again.backend.sr_uuid)
         after = self.host_state()
         self.assertEqual((before['SR'] + 1, before['PBD'] + 1),
                          (after['SR'], after['PBD']), 'SRs, PBDs')
-        again.session.close()
+        again.backend.session.close()
 
     def test_do_setup(self):
         self.matrix(Setup())

@@ -31,8 +31,8 @@ class ManageTestCase(test_driver.DriverTestBase):
 
     def foreign(self, size=5 * MiB, name='', data=None, sr=None):
         """A VDI someone made in the SR without cinder: (ref, uuid)."""
-        ref, vdi_uuid = storage.create_vdi(self.session, sr or self.driver.sr,
-                                           size, name)
+        ref, vdi_uuid = storage.create_vdi(
+            self.session, sr or self.driver.backend.sr, size, name)
         if data:
             self.write(ref, data)
         return ref, vdi_uuid
@@ -58,7 +58,7 @@ class ManageTestCase(test_driver.DriverTestBase):
         ref, vdi_uuid = self.foreign(data=data, name='from-xencenter')
         vol = self.manage({'source-id': vdi_uuid})
         self.assertEqual(1, vol.size)
-        self.assertEqual('%s/%s' % (self.driver.sr_uuid, vdi_uuid),
+        self.assertEqual('%s/%s' % (self.driver.backend.sr_uuid, vdi_uuid),
                          vol.provider_location)
         rec = self.record(vol)
         # As large as cinder believes, named and marked as the volume.
@@ -117,7 +117,7 @@ class ManageTestCase(test_driver.DriverTestBase):
         # A VDI of another backend's SR is not ours to take.
         other = self.make_driver()
         other.do_setup(self.context)
-        _ref, theirs = self.foreign(sr=other.sr)
+        _ref, theirs = self.foreign(sr=other.backend.sr)
         self.assert_invalid({'source-id': theirs}, 'not in this backend')
         # Nothing was changed by the refusals.
         self.assertEqual('', self.record(used_uuid)['name_label'])
@@ -146,6 +146,28 @@ class ManageTestCase(test_driver.DriverTestBase):
         self.driver.unmanage(self.volume(provider_location=None))
         self.driver.unmanage(self.volume(provider_location='junk'))
 
+    def test_a_malformed_location_names_no_vdi(self):
+        # The driver writes only '<sr>/<vdi>'. A value with a part missing
+        # or extra parts is no location of ours, the same to every reader:
+        # unmanage leaves the VDI it seems to name alone, and the listing
+        # does not count that VDI as the malformed volume's.
+        vol = self.new_volume()
+        vdi_uuid = self.vdi_uuid(vol)
+        sr_uuid = self.driver.backend.sr_uuid
+        for location in ('/' + vdi_uuid, vdi_uuid, sr_uuid + '/',
+                         '%s/%s/x' % (sr_uuid, vdi_uuid)):
+            odd = self.volume(provider_location=location)
+            self.driver.unmanage(odd)
+            self.assertEqual(vol.id, self.record(vol)['other_config'][
+                driver.VOLUME_KEY], location)
+            entries = self.driver.get_manageable_volumes(
+                [odd], None, 100, None, ['size'], ['asc'])
+            entry, = [e for e in entries
+                      if e['reference'] == {'source-id': vdi_uuid}]
+            self.assertIsNone(entry['cinder_id'], location)
+            self.assertEqual('already a cinder volume',
+                             entry['reason_not_safe'])
+
 
 class LegacyManageTestCase(test_driver.DriverTestBase):
     """``sr/vdi`` references: volumes of the one-SR-per-volume driver."""
@@ -169,7 +191,7 @@ class LegacyManageTestCase(test_driver.DriverTestBase):
         model = self.driver.manage_existing(vol, ref)
         vol.provider_location = model['provider_location']
         new_sr, new_vdi = vol.provider_location.split('/')
-        self.assertEqual(self.driver.sr_uuid, new_sr)
+        self.assertEqual(self.driver.backend.sr_uuid, new_sr)
         self.assertNotEqual(vdi_uuid, new_vdi)
         self.assertEqual(data, self.read(vol, len(data)))
         rec = self.record(vol)
@@ -202,12 +224,12 @@ class LegacyManageTestCase(test_driver.DriverTestBase):
                         cinder_exception.ManageExistingInvalidReference) \
                         as err:
                     call(self.volume(), {'source-id': '%s/%s' % (
-                        gone, self.driver.sr_uuid)})
+                        gone, self.driver.backend.sr_uuid)})
                 self.assertIn('no SR %s' % gone, str(err.exception))
 
     def test_a_slash_in_a_name_is_a_name(self):
-        _ref, vdi_uuid = storage.create_vdi(self.session, self.driver.sr,
-                                            MiB, 'web/data')
+        _ref, vdi_uuid = storage.create_vdi(
+            self.session, self.driver.backend.sr, MiB, 'web/data')
         self.assertEqual(1, self.driver.manage_existing_get_size(
             self.volume(), {'source-name': 'web/data'}))
 
@@ -216,7 +238,7 @@ class LegacyManageTestCase(test_driver.DriverTestBase):
         with self.assertRaises(
                 cinder_exception.ManageExistingInvalidReference) as err:
             self.driver.manage_existing(self.volume(), {
-                'source-id': '%s/%s' % (sr_uuid, self.driver.sr_uuid)})
+                'source-id': '%s/%s' % (sr_uuid, self.driver.backend.sr_uuid)})
         self.assertIn('no VDI', str(err.exception))
         self.assertIsNone(storage.sr_by_uuid(self.session, sr_uuid))
 
@@ -230,7 +252,7 @@ class ManageableListTestCase(test_driver.DriverTestBase):
         self.foreign = {}
         for size, name in ((3, 'c'), (1, 'a'), (5, 'b')):
             _ref, vdi_uuid = storage.create_vdi(
-                self.session, self.driver.sr, size * GiB - MiB, name)
+                self.session, self.driver.backend.sr, size * GiB - MiB, name)
             self.foreign[vdi_uuid] = (size, name)
 
     def listing(self, marker=None, limit=100, offset=None,

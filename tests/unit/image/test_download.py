@@ -255,7 +255,7 @@ class StreamDownloadTestCase(test_driver.DriverTestBase):
                 self.context, self.volume(), None, image, self.images)
             self.assertTrue(cloned)
             self.assertTrue(model['provider_location'].startswith(
-                self.driver.sr_uuid + '/'))
+                self.driver.backend.sr_uuid + '/'))
         # With the image-volume cache, ovf/vhd takes cinder's generic path
         # (which caches it); a bare VHD is still ours: cinder cannot.
         cached = self.make_driver(image_volume_cache_enabled=True)

@@ -1,0 +1,133 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""Where one backend keeps its volumes: the host, the SR, the NFS export.
+
+A volume's or snapshot's ``provider_location`` is ``<sr_uuid>/<vdi_uuid>``;
+:class:`Backend` is the one place that writes and reads it. A location in
+another SR than the backend's is a volume of the historical driver, which
+kept one SR per volume on the same export and told the host to forget the
+SR after each use.
+"""
+
+import contextlib
+
+from cinder.i18n import _
+from oslo_utils import excutils
+
+from xenapinfs_driver import exception
+from xenapinfs_driver.xenapi import session as xsession
+from xenapinfs_driver.xenapi import storage
+
+# other_config keys recording which cinder object a VDI belongs to, so an
+# operator looking at the SR (xe vdi-list) can tell.
+VOLUME_KEY = 'cinder-volume-id'
+SNAPSHOT_KEY = 'cinder-snapshot-id'
+
+
+class Backend:
+    """A logged-in session and the SR that ``do_setup`` found or made.
+
+    :param session: the XenAPI session, logged in.
+    :param sr: the ref of the backend's SR.
+    :param sr_uuid: its uuid, the first part of every location written.
+    :param server: the NFS server of the export.
+    :param serverpath: the export's path on it, where old SRs live too.
+    """
+
+    def __init__(self, session: xsession.XenAPISession, sr: str,
+                 sr_uuid: str, server: str, serverpath: str) -> None:
+        self.session = session
+        self.sr = sr
+        self.sr_uuid = sr_uuid
+        self.server = server
+        self.serverpath = serverpath
+
+    # -- provider_location --
+
+    @staticmethod
+    def parse_location(location: str | None) -> tuple[str, str] | None:
+        """``(sr_uuid, vdi_uuid)`` from a ``provider_location``, or ``None``.
+
+        Two non-empty parts around one ``/`` or nothing: the driver never
+        writes another shape, so any other value (empty, a part missing,
+        extra parts) names no VDI of ours.
+        """
+        if not location or location.count('/') != 1:
+            return None
+        sr_uuid, vdi_uuid = location.split('/')
+        return (sr_uuid, vdi_uuid) if sr_uuid and vdi_uuid else None
+
+    def format_location(self, vdi_uuid: str) -> str:
+        """The ``provider_location`` of VDI ``vdi_uuid`` in our SR."""
+        return '%s/%s' % (self.sr_uuid, vdi_uuid)
+
+    def location(self, obj) -> tuple[str, str]:
+        """``(sr_uuid, vdi_uuid)`` of a volume or snapshot, or raise."""
+        loc = self.parse_location(obj.provider_location)
+        if loc is None:
+            raise exception.XenAPINFSException(
+                reason=_('%(id)s has no valid provider_location (%(loc)r)')
+                % {'id': obj.id, 'loc': obj.provider_location})
+        return loc
+
+    def vdi(self, obj) -> str:
+        """The ref of the VDI of a volume or snapshot in our SR."""
+        sr_uuid, vdi_uuid = self.location(obj)
+        if self.is_old_layout(sr_uuid):
+            raise exception.XenAPINFSException(
+                reason=_('%(id)s is in SR %(sr)s, a volume of the historical '
+                         'one-SR-per-volume layout: unmanage it and manage '
+                         'it again as "%(sr)s/%(vdi)s" to move it into this '
+                         'backend\'s SR')
+                % {'id': obj.id, 'sr': sr_uuid, 'vdi': vdi_uuid})
+        ref = storage.vdi_by_uuid(self.session, vdi_uuid)
+        if ref is None:
+            raise exception.XenAPINFSException(
+                reason=_('VDI %(vdi)s of %(id)s is missing from SR %(sr)s')
+                % {'vdi': vdi_uuid, 'id': obj.id, 'sr': sr_uuid})
+        return ref
+
+    # -- the historical layout --
+
+    def is_old_layout(self, sr_uuid: str | None) -> bool:
+        """Whether a location's SR is one of the historical layout."""
+        return bool(sr_uuid) and sr_uuid != self.sr_uuid
+
+    def old_sr(self, sr_uuid: str) -> contextlib.AbstractContextManager | None:
+        """Attach old SR ``sr_uuid`` for a ``with``; ``None`` if gone.
+
+        The host may know the SR still, or have forgotten it as the old
+        driver told it to: then only the export can tell it exists.
+        """
+        if storage.sr_by_uuid(self.session, sr_uuid) is None and \
+                sr_uuid not in storage.probe_nfs_srs(
+                    self.session, self.server, self.serverpath):
+            return None
+        return storage.attached_sr(self.session, sr_uuid, self.server,
+                                   self.serverpath)
+
+    # -- marks --
+
+    def mark(self, ref: str, vdi_uuid: str, key: str, value: str) -> None:
+        """Mark a new VDI as cinder's ``key`` ``value``, or destroy it.
+
+        A snapshot or clone inherits its source's ``other_config``: the
+        source's marks go, so that a snapshot never claims to be a volume.
+        """
+        try:
+            for old in (VOLUME_KEY, SNAPSHOT_KEY):
+                self.session.call('VDI.remove_from_other_config', ref, old)
+            self.session.call('VDI.add_to_other_config', ref, key, value)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                storage.cleanup('VDI %s' % vdi_uuid, storage.destroy_vdi,
+                                self.session, vdi_uuid)
