@@ -287,6 +287,16 @@ class XenAPINFSDriver(driver.VolumeDriver):
         self.backend.mark(ref, vdi_uuid, SNAPSHOT_KEY, snapshot.id)
         return self._model(vdi_uuid)
 
+    # NOTE: remotefs locks on the volume because its delete merges the
+    # snapshot into the volume's file. This one destroys the snapshot's
+    # own VDI only; the host's GC shortens the chain later, serialised by
+    # the storage manager's SR lock with VDI.snapshot/resize/clone of the
+    # volume, whose VDI keeps its uuid: an extend, snapshot or delete of
+    # the volume has nothing to race. Only clones read a snapshot: a
+    # volume from it takes this lock; a revert may not (cinder refuses to
+    # delete a snapshot being restored), and a forced delete racing one
+    # fails the revert before the volume is re-pointed, or loses to
+    # VDI.clone, whose clone keeps the shared parent alive.
     @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
     def delete_snapshot(self, snapshot):
         self._destroy(snapshot)
