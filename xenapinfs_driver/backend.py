@@ -21,11 +21,14 @@ SR after each use.
 import contextlib
 
 from cinder.i18n import _
+from oslo_log import log as logging
 from oslo_utils import excutils
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.xenapi import session as xsession
 from xenapinfs_driver.xenapi import storage
+
+LOG = logging.getLogger(__name__)
 
 # other_config keys recording which cinder object a VDI belongs to, so an
 # operator looking at the SR (xe vdi-list) can tell.
@@ -96,6 +99,21 @@ class Backend:
                 % {'vdi': vdi_uuid, 'id': obj.id, 'sr': sr_uuid})
         return ref
 
+    def volume_vdis(self, volume_id: str, leaf_uuid: str) -> list[str]:
+        """The uuids of VDIs marked as the volume's, or named ``leaf_uuid``.
+
+        dom0's plugin writes a VDI that XAPI knows only after a scan, and
+        may have written it after its caller was gone: so a ``leaf_uuid``
+        the host does not know yet is looked for again after one.
+        """
+        if storage.vdi_by_uuid(self.session, leaf_uuid) is None:
+            self.session.call('SR.scan', self.sr)
+        records = self.session.call('VDI.get_all_records_where',
+                                    'field "SR"="%s"' % self.sr)
+        return [rec['uuid'] for rec in records.values()
+                if rec['uuid'] == leaf_uuid or
+                rec.get('other_config', {}).get(VOLUME_KEY) == volume_id]
+
     # -- the historical layout --
 
     def is_old_layout(self, sr_uuid: str | None) -> bool:
@@ -114,6 +132,25 @@ class Backend:
             return None
         return storage.attached_sr(self.session, sr_uuid, self.server,
                                    self.serverpath)
+
+    def destroy(self, sr_uuid: str, vdi_uuid: str) -> bool:
+        """Destroy the VDI at a location; ``False`` if it was gone.
+
+        An old SR is introduced for the duration and forgotten again, as
+        the old driver left it. An SR the export no longer holds took its
+        volume with it: that is "already gone", not a failure.
+        """
+        if not self.is_old_layout(sr_uuid):
+            return storage.destroy_vdi(self.session, vdi_uuid)
+        attached = self.old_sr(sr_uuid)
+        if attached is None:
+            LOG.info('SR %(sr)s of VDI %(vdi)s is not on %(server)s:%(path)s '
+                     'any more.', {'sr': sr_uuid, 'vdi': vdi_uuid,
+                                   'server': self.server,
+                                   'path': self.serverpath})
+            return False
+        with attached:
+            return storage.destroy_vdi(self.session, vdi_uuid)
 
     # -- marks --
 

@@ -202,63 +202,30 @@ class XenAPINFSDriver(driver.VolumeDriver):
         learns its location: a volume service killed in the copy leaves
         it, and cinder sets the volume to error. The stream path marks it
         with the volume's id when it creates it; dom0's plugin names it
-        :func:`image_vdi_uuid` of the id, and XAPI knows it only after a
-        scan (the image's other layers, its parents, go with it as base
-        copies). A volume that failed to be managed may have marked the
-        user's VDI: that one stays.
+        :func:`image_vdi_uuid` of the id (the image's other layers, its
+        parents, go with it as base copies). A volume that failed to be
+        managed may have marked the user's VDI: that one stays.
         """
         if volume.status in ('error_managing', 'error_managing_deleting'):
             LOG.info('%s was never managed; no VDI to delete.', volume.id)
             return
-        be = self.backend
-        leaf = image_vdi_uuid(volume.id)
-        if storage.vdi_by_uuid(be.session, leaf) is None:
-            # dom0 may have written it after its caller was gone.
-            be.session.call('SR.scan', be.sr)
-        records = be.session.call('VDI.get_all_records_where',
-                                  'field "SR"="%s"' % be.sr)
-        marked = [rec['uuid'] for rec in records.values()
-                  if rec['uuid'] == leaf or
-                  rec.get('other_config', {}).get(VOLUME_KEY) == volume.id]
+        marked = self.backend.volume_vdis(volume.id,
+                                          image_vdi_uuid(volume.id))
         if not marked:
             LOG.info('%s has no VDI; nothing to delete.', volume.id)
         for vdi_uuid in marked:
             LOG.info('Destroying VDI %(vdi)s of %(id)s, which was never '
                      'recorded in cinder.', {'vdi': vdi_uuid,
                                              'id': volume.id})
-            storage.destroy_vdi(be.session, vdi_uuid)
+            storage.destroy_vdi(self.backend.session, vdi_uuid)
 
     def _destroy(self, obj):
         loc = self.backend.parse_location(obj.provider_location)
         if loc is None:
             LOG.info('%s has no VDI; nothing to delete.', obj.id)
-            return
-        sr_uuid, vdi_uuid = loc
-        if self.backend.is_old_layout(sr_uuid):
-            return self._destroy_legacy(sr_uuid, vdi_uuid)
-        if not storage.destroy_vdi(self.backend.session, vdi_uuid):
+        elif not self.backend.destroy(*loc):
             LOG.info('VDI %(vdi)s of %(id)s was already gone.',
-                     {'vdi': vdi_uuid, 'id': obj.id})
-
-    def _destroy_legacy(self, sr_uuid, vdi_uuid):
-        """Delete a volume of the old one-SR-per-volume layout.
-
-        Its SR is introduced for the duration and forgotten again, as the
-        old driver left it. An SR the export no longer holds took its
-        volume with it: that is "already gone", not a failure.
-        """
-        attached = self.backend.old_sr(sr_uuid)
-        if attached is None:
-            LOG.info('SR %(sr)s of VDI %(vdi)s is not on %(server)s:%(path)s '
-                     'any more; nothing to delete.',
-                     {'sr': sr_uuid, 'vdi': vdi_uuid,
-                      'server': self.backend.server,
-                      'path': self.backend.serverpath})
-            return
-        with attached:
-            if not storage.destroy_vdi(self.backend.session, vdi_uuid):
-                LOG.info('VDI %(vdi)s of SR %(sr)s was already gone.',
-                         {'vdi': vdi_uuid, 'sr': sr_uuid})
+                     {'vdi': loc[1], 'id': obj.id})
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
     def extend_volume(self, volume, new_size):
