@@ -23,10 +23,13 @@ This module only turns cinder objects into calls of the layers below:
 
 import uuid
 
+from cinder import context
 from cinder import coordination
 from cinder import exception as cinder_exception
 from cinder.i18n import _
 from cinder import interface
+from cinder.objects.snapshot import Snapshot
+from cinder.objects.volume import Volume
 from cinder.volume import driver
 from cinder.volume import volume_utils
 from oslo_log import log as logging
@@ -52,7 +55,7 @@ SNAPSHOT_KEY = backend.SNAPSHOT_KEY
 IMAGE_VDI_NAMESPACE = uuid.UUID('6d1f3c2e-8a0b-4f7e-9c55-2b7d0e4a91c3')
 
 
-def image_vdi_uuid(volume_id):
+def image_vdi_uuid(volume_id: str) -> str:
     """The uuid dom0's plugin gives the VDI of a volume made from an image.
 
     Derived from the volume's id, so that a delete finds the VDI of a
@@ -84,7 +87,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
     driver_volume_type = 'xensm'
     storage_protocol = 'xensm'
 
-    def __init__(self, *args, session_factory=None, **kwargs):
+    def __init__(self, *args, session_factory=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.configuration.append_config_values(opts.xenapi_opts)
         self._session_factory = session_factory or xsession.XenAPISession
@@ -93,7 +96,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         self.uploader = None
 
     @staticmethod
-    def get_driver_options():
+    def get_driver_options() -> list:
         return opts.xenapi_opts + driver.VolumeDriver._get_oslo_driver_opts(
             'reserved_percentage', 'max_over_subscription_ratio',
             'volume_backend_name')
@@ -114,7 +117,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
                 raise cinder_exception.InvalidConfigurationValue(
                     option=name, value=self._conf(name) and '***')
 
-    def do_setup(self, context):
+    def do_setup(self, context: context.RequestContext) -> None:
         """Log in to the host and find, introduce or create the SR."""
         self._required()
         c = self._conf
@@ -172,7 +175,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         self.backend = backend.Backend(session, sr, sr_uuid, server, path)
         return plugin
 
-    def check_for_setup_error(self):
+    def check_for_setup_error(self) -> None:
         if self.backend is None:
             raise exception.XenAPINFSException(reason=_('do_setup failed'))
         self.backend.session.call('SR.get_record', self.backend.sr)
@@ -182,7 +185,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
 
     # -- volumes --
 
-    def create_volume(self, volume):
+    def create_volume(self, volume: Volume) -> dict:
         be = self.backend
         ref, vdi_uuid = storage.create_vdi(
             be.session, be.sr, volume.size * units.Gi, volume.name,
@@ -190,7 +193,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         return self._model(vdi_uuid)
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
-    def delete_volume(self, volume):
+    def delete_volume(self, volume: Volume) -> None:
         if self.backend.parse_location(volume.provider_location) is None:
             return self._destroy_unrecorded(volume)
         self._destroy(volume)
@@ -228,12 +231,12 @@ class XenAPINFSDriver(driver.VolumeDriver):
                      {'vdi': loc[1], 'id': obj.id})
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
-    def extend_volume(self, volume, new_size):
+    def extend_volume(self, volume: Volume, new_size: int) -> None:
         storage.grow_vdi(self.backend.session, self.backend.vdi(volume),
                          new_size * units.Gi)
 
     @coordination.synchronized('{self.driver_prefix}-{src_vref.id}')
-    def create_cloned_volume(self, volume, src_vref):
+    def create_cloned_volume(self, volume: Volume, src_vref: Volume) -> dict:
         return self._clone(self.backend.vdi(src_vref), volume)
 
     def _clone(self, source, volume):
@@ -247,7 +250,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
     # -- snapshots --
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.volume_id}')
-    def create_snapshot(self, snapshot):
+    def create_snapshot(self, snapshot: Snapshot) -> dict:
         ref, vdi_uuid = storage.snapshot_vdi(
             self.backend.session, self.backend.vdi(snapshot.volume),
             snapshot.name, snapshot.display_description or '')
@@ -265,15 +268,17 @@ class XenAPINFSDriver(driver.VolumeDriver):
     # fails the revert before the volume is re-pointed, or loses to
     # VDI.clone, whose clone keeps the shared parent alive.
     @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
-    def delete_snapshot(self, snapshot):
+    def delete_snapshot(self, snapshot: Snapshot) -> None:
         self._destroy(snapshot)
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.id}')
-    def create_volume_from_snapshot(self, volume, snapshot):
+    def create_volume_from_snapshot(self, volume: Volume,
+                                    snapshot: Snapshot) -> dict:
         return self._clone(self.backend.vdi(snapshot), volume)
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
-    def revert_to_snapshot(self, context, volume, snapshot):
+    def revert_to_snapshot(self, context: context.RequestContext,
+                           volume: Volume, snapshot: Snapshot) -> None:
         """Point the volume at a fresh clone of the snapshot.
 
         A file SR cannot rewind a VHD in place; a clone is instant. The
@@ -300,8 +305,9 @@ class XenAPINFSDriver(driver.VolumeDriver):
 
     # -- images --
 
-    def clone_image(self, context, volume, image_location, image_meta,
-                    image_service):
+    def clone_image(self, context: context.RequestContext, volume: Volume,
+                    image_location, image_meta: dict,
+                    image_service) -> tuple[dict | None, bool]:
         """Take VHD images here; cinder's generic path cannot read them.
 
         A XenServer (ovf/vhd) image goes through cinder's generic path
@@ -322,22 +328,25 @@ class XenAPINFSDriver(driver.VolumeDriver):
             {VOLUME_KEY: volume.id}, leaf_uuid=image_vdi_uuid(volume.id))
         return self._model(vdi_uuid), True
 
-    def copy_image_to_volume(self, context, volume, image_service, image_id,
-                             disable_sparse=False):
+    def copy_image_to_volume(self, context: context.RequestContext,
+                             volume: Volume, image_service, image_id: str,
+                             disable_sparse: bool = False) -> None:
         image_meta = image_service.show(context, image_id)
         self.downloader.to_vdi(context, image_service, image_meta,
                                self.backend.location(volume)[1],
                                volume.size * units.Gi)
 
     @coordination.synchronized('{self.driver_prefix}-{volume.id}')
-    def copy_volume_to_image(self, context, volume, image_service,
-                             image_meta):
+    def copy_volume_to_image(self, context: context.RequestContext,
+                             volume: Volume, image_service,
+                             image_meta: dict) -> None:
         self.uploader.from_vdi(context, image_service, image_meta,
                                self.backend.location(volume)[1])
 
     # -- attach (the historical xensm contract) --
 
-    def initialize_connection(self, volume, connector, initiator_data=None):
+    def initialize_connection(self, volume: Volume, connector: dict,
+                              initiator_data=None) -> dict:
         sr_uuid, vdi_uuid = self.backend.location(volume)
         return {
             'driver_volume_type': self.driver_volume_type,
@@ -353,16 +362,17 @@ class XenAPINFSDriver(driver.VolumeDriver):
             },
         }
 
-    def terminate_connection(self, volume, connector, **kwargs):
+    def terminate_connection(self, volume: Volume, connector: dict | None,
+                             **kwargs) -> None:
         pass
 
-    def create_export(self, context, volume, connector):
+    def create_export(self, context, volume: Volume, connector) -> None:
         pass
 
-    def ensure_export(self, context, volume):
+    def ensure_export(self, context, volume: Volume) -> None:
         pass
 
-    def remove_export(self, context, volume):
+    def remove_export(self, context, volume: Volume) -> None:
         pass
 
     # -- stats --
@@ -400,31 +410,35 @@ class XenAPINFSDriver(driver.VolumeDriver):
                          'err': exc})
         self._stats = data
 
-    def get_volume_stats(self, refresh=False):
+    def get_volume_stats(self, refresh: bool = False) -> dict:
         if refresh or not self._stats:
             self._update_volume_stats()
         return self._stats
 
     # -- manage / unmanage --
 
-    def manage_existing(self, volume, existing_ref):
+    def manage_existing(self, volume: Volume, existing_ref: dict) -> dict:
         return manage.manage_volume(self.backend, volume, existing_ref)
 
-    def manage_existing_get_size(self, volume, existing_ref):
+    def manage_existing_get_size(self, volume: Volume,
+                                 existing_ref: dict) -> int:
         return manage.volume_size(self.backend, existing_ref)
 
-    def unmanage(self, volume):
+    def unmanage(self, volume: Volume) -> None:
         manage.unmanage(self.backend, volume)
 
-    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
-                               sort_keys, sort_dirs):
+    def get_manageable_volumes(self, cinder_volumes: list[Volume], marker,
+                               limit: int, offset: int, sort_keys: list[str],
+                               sort_dirs: list[str]) -> list[dict]:
         entries = manage.list_volumes(self.backend, cinder_volumes)
         return volume_utils.paginate_entries_list(entries, marker, limit,
                                                   offset, sort_keys,
                                                   sort_dirs)
 
-    def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
-                                 offset, sort_keys, sort_dirs):
+    def get_manageable_snapshots(self, cinder_snapshots: list[Snapshot],
+                                 marker, limit: int, offset: int,
+                                 sort_keys: list[str],
+                                 sort_dirs: list[str]) -> list[dict]:
         entries = manage.list_snapshots(self.backend, cinder_snapshots)
         return volume_utils.paginate_entries_list(entries, marker, limit,
                                                   offset, sort_keys,

@@ -21,6 +21,8 @@ one SR per backend is what the rest of the driver relies on.
 
 from cinder import exception as cinder_exception
 from cinder.i18n import _
+from cinder.objects.snapshot import Snapshot
+from cinder.objects.volume import Volume
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import units
@@ -109,7 +111,7 @@ def _find_legacy(be, existing_ref, name):
     return ref
 
 
-def volume_size(be, existing_ref):
+def volume_size(be: backend.Backend, existing_ref: dict) -> int:
     sr_uuid, name = _parse(existing_ref)
     if be.is_old_layout(sr_uuid):
         with _legacy(be, existing_ref, sr_uuid):
@@ -119,7 +121,8 @@ def volume_size(be, existing_ref):
     return _gib(rec['virtual_size'])
 
 
-def manage_volume(be, volume, existing_ref):
+def manage_volume(be: backend.Backend, volume: Volume,
+                  existing_ref: dict) -> dict:
     """Adopt the VDI as ``volume``; return its model update.
 
     The cinder mark is set last, so that a failure leaves the VDI as
@@ -162,7 +165,7 @@ def manage_volume(be, volume, existing_ref):
     return {'provider_location': be.format_location(vdi_uuid)}
 
 
-def unmanage(be, volume):
+def unmanage(be: backend.Backend, volume: Volume) -> None:
     """Leave the VDI in the SR, no longer marked as cinder's."""
     loc = be.parse_location(volume.provider_location)
     ref = storage.vdi_by_uuid(be.session, loc[1]) if loc else None
@@ -192,7 +195,8 @@ def _ours(be, objs):
     return found
 
 
-def list_volumes(be, cinder_volumes):
+def list_volumes(be: backend.Backend,
+                 cinder_volumes: list[Volume]) -> list[dict]:
     """Entries for cinder's get_manageable_volumes, before paging."""
     known = _ours(be, cinder_volumes)
     entries = []
@@ -214,7 +218,8 @@ def list_volumes(be, cinder_volumes):
     return entries
 
 
-def list_snapshots(be, cinder_snapshots):
+def list_snapshots(be: backend.Backend,
+                   cinder_snapshots: list[Snapshot]) -> list[dict]:
     """Entries for cinder's get_manageable_snapshots, before paging."""
     known = _ours(be, cinder_snapshots)
     entries = []
