@@ -51,9 +51,10 @@ def _parse(existing_ref):
     if not value or not isinstance(value, str):
         raise _invalid(existing_ref, _('give source-id (a VDI uuid) or '
                                        'source-name'))
-    sr_uuid, _sep, vdi = value.partition('/')
-    if vdi and '/' not in vdi and uuidutils.is_uuid_like(sr_uuid):
-        return sr_uuid, vdi
+    # An old volume is named by its provider_location, '<sr>/<vdi>'.
+    loc = backend.Backend.parse_location(value)
+    if loc and uuidutils.is_uuid_like(loc[0]):
+        return loc
     return None, value      # a name_label may hold a '/' too
 
 
