@@ -56,8 +56,8 @@ from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import image
 from xenapinfs_driver.vhd import journal as journalmod
-from xenapinfs_driver.vhd import layer as layermod
 from xenapinfs_driver.vhd import ops
+from xenapinfs_driver.vhd import validate
 from xenapinfs_driver.vhd import writer
 
 PROG = 'vhd-util'
@@ -109,7 +109,7 @@ def _round_up(n: int, to: int) -> int:
 
 
 def _max_size(size: int) -> None:
-    limit = layermod.Limits().max_size
+    limit = validate.MAX_SIZE
     if size > limit:
         raise Failure('%d MB is more than the largest VHD the library opens '
                       '(%d MB)' % (-(-size // MiB), limit // MiB))
@@ -280,20 +280,6 @@ def _vhd_now() -> int:
     return int(time.time()) - fmt.VHD_EPOCH
 
 
-def _end_of_metadata(vhd) -> int:
-    end = max(fmt.FOOTER_SIZE, vhd.footer.data_offset + fmt.HEADER_SIZE,
-              vhd.table_end)
-    if vhd.batmap_offset is not None:
-        end = max(end, vhd.batmap_offset + fmt.SECTOR,
-                  vhd.batmap_map_offset + len(vhd.batmap))
-    for loc in vhd.header.locators:
-        if loc.code != fmt.PLAT_NONE:
-            space = loc.data_space if loc.data_space >= fmt.SECTOR \
-                else loc.data_space * fmt.SECTOR
-            end = max(end, loc.data_offset + space)
-    return end
-
-
 def _check_vhd(path: str, o: dict) -> str | None:
     """What is wrong with the VHD at path, in one line, or None."""
     try:
@@ -301,75 +287,25 @@ def _check_vhd(path: str, o: dict) -> str | None:
     except errors.VhdError as exc:
         return _problem(exc)
     with vhd:
-        f, h = vhd.footer, vhd.header
-        future = _vhd_now() + TIMESTAMP_SLACK
-        if 't' not in o and f.timestamp > future:
-            return 'footer invalid: creation time in future'
-        if f.unique_id == bytes(16):
-            return 'footer invalid: invalid (NULL) uuid'
-        if f.hidden not in (0, 1):
-            return "footer invalid: invalid 'hidden' state %d" % f.hidden
-        if h is None:
-            return None
-        diff = f.disk_type == fmt.DISK_DIFFERENCING
-        if diff and 't' not in o and h.parent_timestamp > future:
-            return ('differencing header invalid: parent creation time in '
-                    'future')
-        if not diff and h.parent_unique_id != bytes(16):
-            return 'differencing header invalid: non-null parent uuid'
-        msg = _check_blocks(vhd, o)
-        if msg:
+        now = None if 't' in o else _vhd_now() + TIMESTAMP_SLACK
+        msg = validate.audit(vhd, now=now, bitmaps='b' in o)
+        if msg or vhd.footer.disk_type != fmt.DISK_DIFFERENCING:
             return msg
-        if diff:
+        try:
+            parent = ops.parent_path(path)
+        except errors.VhdError as exc:
+            return 'parent locator invalid: %s' % _p(exc.reason)
+        if 'I' not in o:
             try:
-                parent = ops.parent_path(path)
+                with image.VhdFile(parent) as par:
+                    pid = par.footer.unique_id
             except errors.VhdError as exc:
-                return 'parent locator invalid: %s' % _p(exc.reason)
-            if 'I' not in o:
-                try:
-                    with image.VhdFile(parent) as par:
-                        pid = par.footer.unique_id
-                except errors.VhdError as exc:
-                    return 'invalid parent %s: %s' % (_p(parent), exc)
-                if pid != h.parent_unique_id:
-                    return ('invalid parent %s: invalid parent uuid %s '
-                            '(the parent is %s)' % (
-                                _p(parent), h.parent_uuid,
-                                uuidlib.UUID(bytes=pid)))
-    return None
-
-
-def _check_blocks(vhd, o: dict) -> str | None:
-    eoh = _end_of_metadata(vhd)
-    used = sorted((e * fmt.SECTOR, i) for i, e in enumerate(vhd.bat)
-                  if e != fmt.BAT_UNUSED)
-    for off, idx in used:
-        if off < eoh:
-            return ('BAT invalid: block %d (offset 0x%x) clobbers headers'
-                    % (idx, off))
-    # Blocks overlapping each other were refused when the file was opened,
-    # unless -B asked not to look.
-    if vhd.batmap_offset is not None:
-        raw = os.pread(vhd.fd, fmt.BATMAP.size, vhd.batmap_offset)
-        stored = fmt.BATMAP.unpack_from(raw)[4]
-        want = fmt.checksum(bytes(vhd.batmap) + bytes(4), len(vhd.batmap))
-        if stored != want:
-            return 'batmap invalid: invalid checksum'
-        for idx in range(min(len(vhd.bat), 8 * len(vhd.batmap))):
-            if vhd.batmap[idx >> 3] & (0x80 >> (idx & 7)) and \
-                    vhd.bat[idx] == fmt.BAT_UNUSED:
-                return ('batmap invalid: batmap shows unallocated block %d '
-                        'full' % idx)
-    if 'b' in o:
-        zero = bytes(fmt.SECTOR)
-        for idx in vhd.allocated():
-            mask = vhd.mask(idx)
-            data = vhd.read_block(idx)
-            for s in range(vhd.spb):
-                if not mask >> (vhd.spb - 1 - s) & 1 and \
-                        data[s * fmt.SECTOR:(s + 1) * fmt.SECTOR] != zero:
-                    return ('BAT invalid: sector 0x%x of block 0x%x has '
-                            'data where bitmap is clear' % (s, idx))
+                return 'invalid parent %s: %s' % (_p(parent), exc)
+            if pid != vhd.header.parent_unique_id:
+                return ('invalid parent %s: invalid parent uuid %s '
+                        '(the parent is %s)' % (
+                            _p(parent), vhd.header.parent_uuid,
+                            uuidlib.UUID(bytes=pid)))
     return None
 
 

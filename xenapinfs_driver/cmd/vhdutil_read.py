@@ -113,8 +113,7 @@ def header_lines(raw: bytes, hexa: bool = False) -> list:
 
 
 def _locator_path(vhd, loc) -> str | None:
-    space = loc.data_space if loc.data_space >= fmt.SECTOR \
-        else loc.data_space * fmt.SECTOR
+    space = fmt.locator_space(loc)
     if not 0 < loc.data_length <= max(space, fmt.SECTOR):
         return None
     raw = os.pread(vhd.fd, loc.data_length, loc.data_offset)

@@ -192,8 +192,7 @@ class Composer:
     def write_block(self, layer, idx: int, bitmap: bytes, src) -> int:
         """Consume one block's data from src; return its present sectors."""
         spb, bs = self.spb, self.block_size
-        nbits = 8 * ((spb + 7) // 8)
-        mask = int.from_bytes(bitmap[:nbits // 8], 'big') >> (nbits - spb)
+        mask = fmt.mask_of(bitmap, spb)
         base = idx * bs
         valid = min(spb, (layer.size - base) // fmt.SECTOR)
         full = (1 << spb) - 1

@@ -192,10 +192,58 @@ class DynamicHeader:
             '\0')
 
 
+def _pad(n: int) -> int:
+    return n + (-n % SECTOR)
+
+
+def bitmap_bytes(spb: int) -> int:
+    """Bytes that hold one bit per sector of a block, unpadded."""
+    return (spb + 7) // 8
+
+
 def bitmap_size(block_size: int) -> int:
     """Bytes of the sector bitmap in front of each block, sector-padded."""
-    bits = block_size // SECTOR
-    return -(-((bits + 7) // 8) // SECTOR) * SECTOR
+    return _pad(bitmap_bytes(block_size // SECTOR))
+
+
+def batmap_size(entries: int) -> int:
+    """Bytes of blktap's batmap for a BAT of entries, sector-padded."""
+    return _pad(bitmap_bytes(entries))
+
+
+def mask_of(bitmap: bytes | bytearray, spb: int) -> int:
+    """A block's present sectors from its bitmap, sector 0 in the top bit.
+
+    The padding bits past the last sector are left out.
+    """
+    n = bitmap_bytes(spb)
+    return int.from_bytes(bitmap[:n], 'big') >> (8 * n - spb)
+
+
+def set_mask(bitmap: bytearray, spb: int, mask: int) -> None:
+    """Store mask (as ``mask_of`` returns it) in bitmap, in place; the
+    padding bits past the last sector keep what they held."""
+    n = bitmap_bytes(spb)
+    pad = 8 * n - spb
+    keep = int.from_bytes(bitmap[:n], 'big') & ((1 << pad) - 1)
+    bitmap[:n] = ((mask << pad) | keep).to_bytes(n, 'big')
+
+
+def locator_space(loc: Locator) -> int:
+    """Bytes reserved for a parent locator's data.
+
+    The spec counts data_space in sectors, while some writers count it in
+    bytes: a value below one sector can only be a count of sectors.
+    """
+    if loc.data_space >= SECTOR:
+        return loc.data_space
+    return loc.data_space * SECTOR
+
+
+def footer_is_tap(footer: Footer) -> bool:
+    """Whether blktap wrote the file, late enough to keep a batmap."""
+    return footer.creator_app == CREATOR_TAP and \
+        footer.creator_version >= 0x00010002
 
 
 def decode_locator(code: int, data: bytes) -> str:

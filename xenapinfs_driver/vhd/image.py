@@ -11,11 +11,12 @@
 # under the License.
 """A dynamic or differencing VHD file, opened for random access.
 
-Reading validates what the stream reader validates. Writing keeps the file
-a valid blktap VHD after every step: a new block is written at the end of
-the file, then the footer after it, and only then does the BAT point at
-it, so an interruption leaves at worst an unreferenced block. Sector
-bitmaps, the batmap and both footer copies are kept up to date.
+Reading validates by the rules the stream reader uses (``validate``).
+Writing keeps the file a valid blktap VHD after every step: a new block
+is written at the end of the file, then the footer after it, and only
+then does the BAT point at it, so an interruption leaves at worst an
+unreferenced block. Sector bitmaps, the batmap and both footer copies are
+kept up to date.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
-from xenapinfs_driver.vhd import layer as layermod
+from xenapinfs_driver.vhd import validate
 from xenapinfs_driver.vhd import writer
 
 ALIGN = writer.ALIGN
@@ -47,7 +48,7 @@ class VhdFile:
     """Open with ``VhdFile(path)``; use as a context manager."""
 
     def __init__(self, path: str, writable: bool = False,
-                 limits: layermod.Limits | None = None,
+                 limits: validate.Limits | None = None,
                  check_layout: bool = True):
         """:param check_layout: refuse a BAT whose blocks overlap the
         metadata or each other; only a read-only open may skip that (what
@@ -55,7 +56,7 @@ class VhdFile:
         self.path = path
         self.writable = writable
         self.check_layout = check_layout or writable
-        limits = limits or layermod.Limits()
+        limits = limits or validate.Limits()
         try:
             self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         except OSError as exc:
@@ -95,34 +96,22 @@ class VhdFile:
 
     def _load(self, limits) -> None:
         self.file_size = os.fstat(self.fd).st_size
-        if self.file_size < fmt.FOOTER_SIZE:
-            raise errors.InvalidFooter('%d bytes is too small for a VHD'
-                                       % self.file_size, field='file size')
+        validate.check_file_size(self.file_size)
         self.footer_offset = self.file_size - fmt.FOOTER_SIZE
         raw = self._pread(fmt.FOOTER_SIZE, self.footer_offset, 'footer')
         self.footer = fmt.Footer.from_bytes(raw)
-        layermod.check_footer(self.footer, raw, limits, 'footer')
+        validate.check_footer(self.footer, raw, limits, 'footer')
         self.header = None
         if self.footer.disk_type == fmt.DISK_FIXED:
-            if self.footer.current_size != self.footer_offset:
-                raise errors.InvalidFooter(
-                    '%d, but the fixed disk holds %d bytes'
-                    % (self.footer.current_size, self.footer_offset),
-                    field='current size')
+            validate.check_fixed_size(self.footer, self.footer_offset)
             return
-        if self.footer.data_offset > self.footer_offset - fmt.HEADER_SIZE \
-                or self.footer.data_offset < fmt.FOOTER_SIZE:
-            raise errors.InvalidFooter('%d does not point inside the file'
-                                       % self.footer.data_offset,
-                                       field='data offset')
-        copy = self._pread(fmt.FOOTER_SIZE, 0, 'footer copy')
-        if copy != raw:
-            raise errors.InvalidFooter('differs from the copy at offset 0',
-                                       field='footer')
+        validate.check_data_offset(self.footer, self.file_size)
+        validate.check_footer_copy(
+            self._pread(fmt.FOOTER_SIZE, 0, 'footer copy'), raw)
         hraw = self._pread(fmt.HEADER_SIZE, self.footer.data_offset,
                            'dynamic header')
         self.header = fmt.DynamicHeader.from_bytes(hraw)
-        layermod.check_header(self.header, hraw, self.footer, limits,
+        validate.check_header(self.header, hraw, self.footer, limits,
                               self.file_size)
         entries = self.header.max_table_entries
         self.bat = array.array('I', self._pread(
@@ -139,25 +128,24 @@ class VhdFile:
     def _load_batmap(self) -> None:
         """Find blktap's batmap, right after the BAT, if there is one."""
         self.batmap_offset = None
-        if not layermod.footer_is_tap(self.footer):
+        if not fmt.footer_is_tap(self.footer):
             return
         at = self.table_end
         if at + fmt.SECTOR > self.footer_offset:
             return
         raw = os.pread(self.fd, fmt.SECTOR, at)
-        cookie, map_offset, map_sectors, _, _ = fmt.BATMAP.unpack_from(raw)
+        cookie, map_offset, map_sectors, _, csum = \
+            fmt.BATMAP.unpack_from(raw)
         if cookie != fmt.BATMAP_COOKIE:
             return
         size = map_sectors * fmt.SECTOR
-        entries = self.header.max_table_entries
-        # The same bounds as the stream reader's: a batmap that does not
-        # fit is ignored, and never written through.
-        if size * 8 < entries or size > entries // 8 + 2 * fmt.SECTOR or \
-                map_offset < at + fmt.SECTOR or \
-                map_offset + size > self.footer_offset:
+        if not validate.batmap_fits(at, map_offset, size,
+                                    self.header.max_table_entries,
+                                    self.footer_offset):
             return
         self.batmap_offset = at
         self.batmap_map_offset = map_offset
+        self.batmap_checksum = csum
         self.batmap = bytearray(os.pread(self.fd, size, map_offset))
 
     def _check_layout(self) -> None:
@@ -174,19 +162,12 @@ class VhdFile:
                 (self.header.table_offset, self.table_end, 'the BAT')]
         for i, loc in enumerate(self.header.locators):
             if loc.code and loc.data_length:
-                end = loc.data_offset + max(
-                    loc.data_length, loc.data_space
-                    if loc.data_space >= fmt.SECTOR
-                    else loc.data_space * fmt.SECTOR)
-                # As the stream reader: parent_path reads and set_parent
-                # writes there, and an offset past the end (up to 2**64)
-                # made os.pread raise OverflowError or EINVAL.
-                if end > self.footer_offset:
-                    raise errors.InvalidHeader(
-                        'data of %d bytes at %d does not fit in the file'
-                        % (end - loc.data_offset, loc.data_offset),
-                        field='parent locator %d' % i)
-                meta.append((loc.data_offset, end, 'parent locator %d' % i))
+                # parent_path reads and set_parent writes there, and an
+                # offset past the end (up to 2**64) made os.pread raise
+                # OverflowError or EINVAL.
+                validate.check_locator(i, loc, self.footer_offset)
+                meta.append((loc.data_offset, validate.locator_end(loc),
+                             'parent locator %d' % i))
         # One 64-bit key per allocated block (sector << 32 | index), sorted
         # in slices and merged: 8 bytes a block, where a list of
         # (offset, index) tuples cost ~190 (800 MiB for 4 Mi entries).
@@ -205,10 +186,7 @@ class VhdFile:
         prev = None
         for key in heapq.merge(*runs):
             off, idx = (key >> 32) * fmt.SECTOR, key & 0xFFFFFFFF
-            if off + span > self.footer_offset:
-                raise errors.InvalidTable(
-                    'block %d at offset %d runs past the end of the file'
-                    % (idx, off), field='BAT entry %d' % idx)
+            validate.check_block_fits(idx, off, span, self.footer_offset)
             if prev is not None and off < prev[0] + span:
                 raise errors.InvalidTable(
                     'offset %d overlaps block %d' % (off, prev[1]),
@@ -256,8 +234,7 @@ class VhdFile:
         bm = self.bitmap(idx) if idx < len(self.bat) else None
         if bm is None:
             return 0
-        nbits = 8 * ((self.spb + 7) // 8)
-        mask = int.from_bytes(bm[:nbits // 8], 'big') >> (nbits - self.spb)
+        mask = fmt.mask_of(bm, self.spb)
         valid = min(self.spb, (self.size - idx * self.block_size)
                     // fmt.SECTOR)
         if valid < self.spb:
@@ -351,14 +328,12 @@ class VhdFile:
             else:
                 s += 1
         bm = bytearray(os.pread(self.fd, self.bm_size, bm_at))
-        nbits = 8 * ((self.spb + 7) // 8)
-        old = int.from_bytes(bm[:nbits // 8], 'big')
-        new = old | (mask << (nbits - self.spb))
+        old = fmt.mask_of(bm, self.spb)
+        new = old | mask
         if new != old:
-            bm[:nbits // 8] = new.to_bytes(nbits // 8, 'big')
+            fmt.set_mask(bm, self.spb, new)
             os.pwrite(self.fd, bytes(bm), bm_at)
-            self._set_batmap(idx, new >> (nbits - self.spb)
-                             == (1 << self.spb) - 1)
+            self._set_batmap(idx, new == (1 << self.spb) - 1)
 
     def _set_batmap(self, idx: int, full: bool) -> None:
         if self.batmap_offset is None:

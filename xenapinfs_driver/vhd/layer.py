@@ -28,20 +28,10 @@ import sys
 
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
+from xenapinfs_driver.vhd import validate
 
-MAX_LOCATOR = 64 << 10
-MIN_BLOCK = fmt.SECTOR
-MAX_BLOCK = 256 << 20
-
-
-@dataclasses.dataclass
-class Limits:
-    """Bounds on what an input may make us do; every one is configurable."""
-
-    max_depth: int = 30                  # XenServer's maximum chain length
-    max_size: int = 2 << 40              # 2 TiB, XenServer's largest VDI
-    max_table_entries: int = 1 << 22     # 16 MiB of BAT; LVM SRs use 1 Mi
-    max_mask_memory: int = 256 << 20     # bitmaps of partly filled blocks
+# Where the stream reader's callers have always found it.
+Limits = validate.Limits
 
 
 @dataclasses.dataclass
@@ -74,75 +64,6 @@ class Layer:
 
 def _fail(cls, reason, field=None):
     raise cls(reason, field=field)
-
-
-def check_footer(footer: fmt.Footer, raw: bytes, limits: Limits,
-                 where: str) -> None:
-    if footer.cookie != fmt.FOOTER_COOKIE:
-        _fail(errors.InvalidFooter, 'bad cookie %r (expected conectix)'
-              % footer.cookie, where + ' cookie')
-    want = fmt.checksum(raw, fmt.FOOTER_CHECKSUM_AT)
-    if footer.checksum != want:
-        _fail(errors.InvalidFooter, 'checksum 0x%08x does not match the '
-              'contents (0x%08x)' % (footer.checksum, want),
-              where + ' checksum')
-    if footer.format_version >> 16 != 1:
-        _fail(errors.InvalidFooter, 'unsupported version 0x%08x'
-              % footer.format_version, where + ' format version')
-    if footer.disk_type not in fmt.DISK_TYPE_NAMES:
-        _fail(errors.InvalidFooter, 'unsupported disk type %d'
-              % footer.disk_type, where + ' disk type')
-    if footer.current_size % fmt.SECTOR:
-        _fail(errors.InvalidFooter, '%d is not a multiple of 512'
-              % footer.current_size, where + ' current size')
-    if footer.current_size > limits.max_size:
-        raise errors.LimitExceeded(
-            '%d bytes exceeds the limit of %d' % (footer.current_size,
-                                                  limits.max_size),
-            field=where + ' current size')
-
-
-def check_header(hdr: fmt.DynamicHeader, raw: bytes, footer: fmt.Footer,
-                 limits: Limits, member_size: int | None) -> int:
-    """Validate the dynamic header; return the number of BAT entries used."""
-    if hdr.cookie != fmt.HEADER_COOKIE:
-        _fail(errors.InvalidHeader, 'bad cookie %r (expected cxsparse)'
-              % hdr.cookie, 'dynamic header cookie')
-    want = fmt.checksum(raw, fmt.HEADER_CHECKSUM_AT)
-    if hdr.checksum != want:
-        _fail(errors.InvalidHeader, 'checksum 0x%08x does not match the '
-              'contents (0x%08x)' % (hdr.checksum, want),
-              'dynamic header checksum')
-    if hdr.header_version >> 16 != 1:
-        _fail(errors.InvalidHeader, 'unsupported version 0x%08x'
-              % hdr.header_version, 'dynamic header version')
-    bs = hdr.block_size
-    if bs < MIN_BLOCK or bs > MAX_BLOCK or bs & (bs - 1):
-        _fail(errors.InvalidHeader, '%d is not a power of two between %d and '
-              '%d' % (bs, MIN_BLOCK, MAX_BLOCK), 'block size')
-    needed = -(-footer.current_size // bs)
-    if hdr.max_table_entries < needed:
-        _fail(errors.InvalidHeader, '%d entries cannot map a disk of %d '
-              'bytes in blocks of %d (%d needed)' % (
-                  hdr.max_table_entries, footer.current_size, bs, needed),
-              'max table entries')
-    if hdr.max_table_entries > limits.max_table_entries:
-        raise errors.LimitExceeded(
-            '%d exceeds the limit of %d' % (hdr.max_table_entries,
-                                            limits.max_table_entries),
-            field='max table entries')
-    header_end = footer.data_offset + fmt.HEADER_SIZE
-    if hdr.table_offset < header_end:
-        _fail(errors.InvalidHeader, 'BAT at %d overlaps the footer copy or '
-              'the dynamic header (which end at %d)'
-              % (hdr.table_offset, header_end), 'table offset')
-    table_end = hdr.table_offset + 4 * hdr.max_table_entries
-    if member_size is not None and table_end > member_size - fmt.FOOTER_SIZE:
-        _fail(errors.InvalidHeader, 'BAT at %d of %d entries runs past the '
-              'end of the file (%d bytes)' % (
-                  hdr.table_offset, hdr.max_table_entries, member_size),
-              'table offset')
-    return needed
 
 
 class LayerReader:
@@ -179,28 +100,25 @@ class LayerReader:
             _fail(errors.Truncated, 'file ends early (truncated?)', what)
 
     def read(self) -> Layer:
-        if self.member_size is not None and \
-                self.member_size < fmt.FOOTER_SIZE:
-            _fail(errors.InvalidFooter, '%d bytes is too small for a VHD'
-                  % self.member_size, 'file size')
+        if self.member_size is not None:
+            validate.check_file_size(self.member_size)
         head = self._read(fmt.FOOTER_SIZE, 'footer copy')
         footer = fmt.Footer.from_bytes(head)
         if footer.cookie == fmt.FOOTER_COOKIE and footer.disk_type in (
                 fmt.DISK_DYNAMIC, fmt.DISK_DIFFERENCING):
-            check_footer(footer, head, self.limits, 'footer copy')
+            validate.check_footer(footer, head, self.limits, 'footer copy')
             layer = Layer(self.name, self.rank, footer)
             self._read_dynamic(layer)
             tail = self._trailing_footer()
             if tail != head:
                 self._check_trailer(tail, 'footer')
-                _fail(errors.InvalidFooter, 'differs from the copy at '
-                      'offset 0', 'footer')
+                validate.check_footer_copy(head, tail)
             return layer
         return self._read_fixed(head)
 
     def _check_trailer(self, tail: bytes, what: str) -> fmt.Footer:
         footer = fmt.Footer.from_bytes(tail)
-        check_footer(footer, tail, self.limits, what)
+        validate.check_footer(footer, tail, self.limits, what)
         return footer
 
     def _trailing_footer(self) -> bytes:
@@ -222,16 +140,12 @@ class LayerReader:
 
     def _read_dynamic(self, layer: Layer) -> None:
         footer = layer.footer
-        if footer.data_offset < fmt.FOOTER_SIZE or (
-                self.member_size is not None and footer.data_offset
-                > self.member_size - fmt.FOOTER_SIZE - fmt.HEADER_SIZE):
-            _fail(errors.InvalidFooter, '%d does not point inside the file'
-                  % footer.data_offset, 'data offset')
+        validate.check_data_offset(footer, self.member_size)
         self._skip_to(footer.data_offset, 'gap before the dynamic header')
         raw = self._read(fmt.HEADER_SIZE, 'dynamic header')
         hdr = fmt.DynamicHeader.from_bytes(raw)
-        needed = check_header(hdr, raw, footer, self.limits,
-                              self.member_size)
+        needed = validate.check_header(hdr, raw, footer, self.limits,
+                                       self.member_size)
         layer.header = hdr
         self.composer.begin_layer(layer)
 
@@ -262,10 +176,8 @@ class LayerReader:
             for idx, entry in enumerate(piece, first):
                 if entry == fmt.BAT_UNUSED:
                     continue
-                if limit is not None and entry * fmt.SECTOR + span > limit:
-                    _fail(errors.InvalidTable, 'block %d at offset %d runs '
-                          'past the end of the file'
-                          % (idx, entry * fmt.SECTOR), 'BAT entry %d' % idx)
+                validate.check_block_fits(idx, entry * fmt.SECTOR, span,
+                                          limit)
                 key = (entry << 32) | idx
                 ordered = ordered and key > last
                 last = key
@@ -284,17 +196,11 @@ class LayerReader:
             for i, loc in enumerate(hdr.locators):
                 if loc.code == fmt.PLAT_NONE or not loc.data_length:
                     continue
-                if loc.data_length > MAX_LOCATOR or (
-                        limit is not None
-                        and loc.data_offset + loc.data_length > limit):
-                    _fail(errors.InvalidHeader, 'data of %d bytes at %d does '
-                          'not fit in the file' % (loc.data_length,
-                                                   loc.data_offset),
-                          'parent locator %d' % i)
+                validate.check_locator(i, loc, limit)
                 meta.append((loc.data_offset, _LOCATOR, i))
         meta.sort()
         regions = _Regions(heapq.merge(*runs), meta)
-        if footer_is_tap(layer.footer):
+        if fmt.footer_is_tap(layer.footer):
             # blktap keeps its batmap right after the BAT, sector-aligned.
             candidate = table_end + (-table_end % fmt.SECTOR)
             nxt = regions.next_offset()
@@ -347,10 +253,9 @@ class LayerReader:
         nxt = regions.next_offset()
         limit = (self.member_size - fmt.FOOTER_SIZE
                  if self.member_size is not None else None)
-        if map_offset < offset + fmt.SECTOR or \
-                map_size > entries // 8 + 2 * fmt.SECTOR or \
-                (nxt is not None and map_offset + map_size > nxt) or \
-                (limit is not None and map_offset + map_size > limit):
+        if not validate.batmap_fits(offset, map_offset, map_size, entries,
+                                    limit) or \
+                (nxt is not None and map_offset + map_size > nxt):
             layer.batmap = 'invalid'
             layer.warnings.append('batmap header points at %d bytes at %d, '
                                   'which do not fit' % (map_size, map_offset))
@@ -418,15 +323,12 @@ class LayerReader:
         if footer.cookie != fmt.FOOTER_COOKIE:
             _fail(errors.InvalidFooter, 'not a VHD: no conectix cookie at '
                   'offset 0 or in the last 512 bytes', 'footer')
-        check_footer(footer, tail, self.limits, 'footer')
+        validate.check_footer(footer, tail, self.limits, 'footer')
         if footer.disk_type != fmt.DISK_FIXED:
             _fail(errors.InvalidFooter, '%s disk without a footer copy at '
                   'offset 0' % fmt.DISK_TYPE_NAMES[footer.disk_type],
                   'footer copy')
-        if footer.current_size != written:
-            _fail(errors.InvalidFooter, '%d, but the fixed disk holds %d '
-                  'bytes of data' % (footer.current_size, written),
-                  'current size')
+        validate.check_fixed_size(footer, written)
         layer = Layer(self.name, self.rank, footer)
         composer.end_fixed(layer)
         layer.present_sectors = written // fmt.SECTOR
@@ -471,8 +373,3 @@ class _Regions:
                 yield block, _BLOCK, key & 0xFFFFFFFF
             else:
                 return
-
-
-def footer_is_tap(footer: fmt.Footer) -> bool:
-    return footer.creator_app == fmt.CREATOR_TAP and \
-        footer.creator_version >= 0x00010002

@@ -27,7 +27,7 @@ from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import image
 from xenapinfs_driver.vhd import journal as journalmod
-from xenapinfs_driver.vhd import layer as layermod
+from xenapinfs_driver.vhd import validate
 from xenapinfs_driver.vhd import writer
 
 VhdFile = image.VhdFile
@@ -76,11 +76,10 @@ def parent_ref(parent_path: str, child_path: str) -> writer.Parent:
 
 
 def _check_size(path: str, size: int) -> None:
-    limit = layermod.Limits().max_size
-    if size <= 0 or size % fmt.SECTOR or size > limit:
-        raise errors.VhdError('%d is not a positive multiple of 512 of at '
-                              'most %d' % (size, limit), source=path,
-                              field='size')
+    try:
+        validate.check_disk_size(size)
+    except errors.VhdError as exc:
+        raise exc.located(source=path)
 
 
 def create(path: str, size: int, *, parent: str | None = None,
@@ -105,20 +104,13 @@ def create(path: str, size: int, *, parent: str | None = None,
                                     % (block_size, parent_bs), source=path,
                                     field='block size')
     block_size = block_size or writer.DEFAULT_BLOCK
-    if block_size < layermod.MIN_BLOCK or block_size > layermod.MAX_BLOCK \
-            or block_size & (block_size - 1):
-        raise errors.VhdError('%d is not a power of two between %d and %d'
-                              % (block_size, layermod.MIN_BLOCK,
-                                 layermod.MAX_BLOCK), source=path,
-                              field='block size')
-    needed = -(-size // block_size)
-    if max_table_entries is not None and not (
-            needed <= max_table_entries
-            <= layermod.Limits().max_table_entries):
-        raise errors.VhdError('%d cannot map %d blocks (or exceeds %d)'
-                              % (max_table_entries, needed,
-                                 layermod.Limits().max_table_entries),
-                              source=path, field='max table entries')
+    try:
+        validate.check_block_size(block_size)
+        if max_table_entries is not None:
+            validate.check_table_entries(max_table_entries, size,
+                                         block_size)
+    except errors.VhdError as exc:
+        raise exc.located(source=path)
     _atomic_write(path, lambda f: writer.write_dynamic(
         f, size, {}, parent=ref, block_size=block_size,
         max_table_entries=max_table_entries))
@@ -237,8 +229,7 @@ def set_parent(child: str, parent: str) -> None:
             if loc.code not in new:
                 continue
             data = writer.encode_locator(loc.code, new[loc.code])
-            space = loc.data_space if loc.data_space >= fmt.SECTOR \
-                else loc.data_space * fmt.SECTOR
+            space = fmt.locator_space(loc)
             if len(data) > space:
                 raise errors.VhdError(
                     'the parent path does not fit in %d bytes' % space,
@@ -327,9 +318,7 @@ def _stale_tail(vhd):
         return None
     bm = vhd.bitmap(idx)
     keep = (vhd.size - idx * vhd.block_size) // fmt.SECTOR
-    nbits = 8 * ((vhd.spb + 7) // 8)
-    bits = int.from_bytes(bm[:nbits // 8], 'big')
-    if not bits & ((1 << (nbits - keep)) - 1):
+    if not fmt.mask_of(bm, vhd.spb) & ((1 << (vhd.spb - keep)) - 1):
         return None
     return vhd.bat[idx] * fmt.SECTOR, idx
 
@@ -337,10 +326,8 @@ def _stale_tail(vhd):
 def _clear_tail(vhd, bm_at: int, idx: int) -> None:
     bm = bytearray(vhd.bitmap(idx))
     keep = (vhd.size - idx * vhd.block_size) // fmt.SECTOR
-    nbits = 8 * ((vhd.spb + 7) // 8)
-    bits = int.from_bytes(bm[:nbits // 8], 'big')
-    bits &= ~((1 << (nbits - keep)) - 1)
-    bm[:nbits // 8] = bits.to_bytes(nbits // 8, 'big')
+    fmt.set_mask(bm, vhd.spb, fmt.mask_of(bm, vhd.spb)
+                 & ~((1 << (vhd.spb - keep)) - 1))
     os.pwrite(vhd.fd, bytes(bm), vhd.bat[idx] * fmt.SECTOR)
     vhd._set_batmap(idx, False)
 
@@ -359,14 +346,13 @@ def _grow_table(vhd, needed: int, jrn) -> None:
     pos = table_end
     batmap = None
     if vhd.batmap_offset is not None:
-        map_size = _pad((entries + 7) // 8)
+        map_size = fmt.batmap_size(entries)
         batmap = (pos, pos + fmt.SECTOR, map_size)
         pos += fmt.SECTOR + map_size
     locs = []
     for loc in hdr.locators:
         if loc.code and loc.data_length:
-            space = loc.data_space if loc.data_space >= fmt.SECTOR \
-                else loc.data_space * fmt.SECTOR
+            space = fmt.locator_space(loc)
             data = os.pread(vhd.fd, space, loc.data_offset)
             locs.append((loc, pos, data))
             pos += _pad(len(data))

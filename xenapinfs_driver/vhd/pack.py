@@ -43,7 +43,7 @@ import time
 
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
-from xenapinfs_driver.vhd import layer
+from xenapinfs_driver.vhd import validate
 from xenapinfs_driver.vhd import stream
 from xenapinfs_driver.vhd import target as targetmod
 from xenapinfs_driver.vhd import writer
@@ -65,7 +65,7 @@ PIECE = 1 << 20
 MAX_WORKERS = 2
 MAX_SECTOR = 0xFFFFFFFF         # a BAT entry is a 32-bit sector number
 # The largest disk convert accepts by default, XenServer's largest VDI.
-MAX_SIZE = layer.Limits.max_size
+MAX_SIZE = validate.MAX_SIZE
 
 _ZERO_PIECE = bytes(SCAN_PIECE)
 # gzip header: deflate, no name, no time stamp (a stream has none), OS

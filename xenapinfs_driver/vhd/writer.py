@@ -95,7 +95,7 @@ class Layout:
         self.batmap_offset = None
         if batmap:
             self.batmap_offset = pos
-            self.batmap_size = _pad((self.entries + 7) // 8)
+            self.batmap_size = fmt.batmap_size(self.entries)
             pos += fmt.SECTOR + self.batmap_size
         self.locator_offsets = []
         for data in locators:
@@ -151,7 +151,7 @@ def write_dynamic(fobj, size: int, blocks, *, order=None,
                                          0, off)
 
     bat = bytearray(b'\xff' * _pad(4 * lay.entries))
-    full_bits = bytearray(_pad((lay.entries + 7) // 8))
+    full_bits = bytearray(fmt.batmap_size(lay.entries))
     spb = block_size // fmt.SECTOR
     full_bitmap = (b'\xff' * (spb // 8) + (
         bytes([(0xFF << (8 - spb % 8)) & 0xFF]) if spb % 8 else b'')

@@ -18,7 +18,7 @@ the bound, rather than as a test run that swaps or never ends. The
 assertions are about what a clean refusal looks like (class, member,
 field, message); time is only bounded by the timeout, not measured.
 
-The limits are layer.Limits: max_depth 30, max_size 2 TiB,
+The limits are validate.Limits: max_depth 30, max_size 2 TiB,
 max_table_entries 4 Mi, max_mask_memory 256 MiB, all configurable through
 ``convert(..., limits=Limits(...))`` and ``inspect``.
 """

@@ -25,7 +25,7 @@ import pytest
 from tests.unit.vhd import badinput as bi
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
-from xenapinfs_driver.vhd import layer as layermod
+from xenapinfs_driver.vhd import validate
 from xenapinfs_driver.vhd import tgz
 from xenapinfs_driver.vhd import writer
 
@@ -392,7 +392,7 @@ def test_largest_block_size_with_little_data(tmp_path, kind):
     # 256 MiB blocks are legal; a tiny file claiming one must not make
     # the reader buffer 256 MiB.
     buf = bi.dynamic()
-    bi.put_header(buf, '>I', bi.H_BLOCK_SIZE, layermod.MAX_BLOCK)
+    bi.put_header(buf, '>I', bi.H_BLOCK_SIZE, validate.MAX_BLOCK)
     src, member = bi.container(tmp_path, buf, kind)
     exc = bi.assert_rejected(
         src, (errors.InvalidTable, errors.Truncated), member=member,

@@ -206,8 +206,7 @@ class Composer:
     def write_block(self, layer, idx, bitmap, src) -> int:
         bs = layer.block_size
         spb = bs // vhdio.SECTOR
-        nbits = 8 * ((spb + 7) // 8)
-        mask = int.from_bytes(bitmap[:nbits // 8], 'big') >> (nbits - spb)
+        mask = fmt.mask_of(bitmap, spb)
         data = bytearray(b''.join(bytes(v) for v in src.slices(bs)))
         base = idx * bs
         valid = min(bs, layer.size - base)
