@@ -46,6 +46,7 @@ from bench_convert import Sample
 from bench_convert import warm
 
 from xenapinfs_driver import vhd
+from xenapinfs_driver.vhd import deflate
 from xenapinfs_driver.vhd import pack
 
 MiB = 1 << 20
@@ -283,7 +284,7 @@ def prepare(bench: Bench) -> tuple:
     write_disk(raw, data_blocks, zero_blocks, bench_convert.BlockData(SEED))
     generation = time.perf_counter() - start
     warm(raw)
-    compressor, _, level = pack._pick_compressor(None, pack.DEFAULT_LEVEL)
+    compressor, _, level = deflate.pick_compressor(None, pack.DEFAULT_LEVEL)
     info = dict(data=DATA_BLOCKS * BS, extents=extents(raw),
                 generation=generation, compressor=compressor, level=level,
                 blocks=len(data_blocks))

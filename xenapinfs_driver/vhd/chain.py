@@ -9,127 +9,211 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""The XenServer image convention: which tar member is which layer.
+"""Chains of VHD files, linked by their parent locators.
 
-A XenServer image is a tar.gz of ``0.vhd`` (the leaf) .. ``n.vhd`` (the
-base), written by ``tar -C dir .`` so members may be ``./0.vhd`` and come in
-any order. Older images use ``snap.vhd``, ``image.vhd`` and ``base.vhd``
-(newest to oldest); ``swap.vhd`` is not part of the disk. This is the dom0
-plugin's convention, checked here before a byte of a member is used.
+Unlike the one-pass reader, these follow parent locators, as vhd-util
+does: they work on files in an SR or an extracted image, where the
+locators point at the neighbouring files.
 """
 
 from __future__ import annotations
 
-import re
+import os
 
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
-from xenapinfs_driver.vhd import tar
+from xenapinfs_driver.vhd import image
+from xenapinfs_driver.vhd import writer
 
-LEGACY = {'snap.vhd': 0, 'image.vhd': 1, 'base.vhd': 2}
-IGNORED = {'swap.vhd'}
-_NUMBERED = re.compile(r'(0|[1-9][0-9]{0,8})\.vhd')
-
-
-def member_rank(member: tar.Member, depth_limit: int):
-    """Return ('numbered'|'legacy', rank), or None for a member to skip."""
-    name = member.name
-    if '\\' in name or name.startswith('/'):
-        raise errors.ArchiveError('unsafe member name (absolute path)',
-                                  member=name)
-    parts = [p for p in name.split('/') if p not in ('', '.')]
-    if '..' in parts:
-        raise errors.ArchiveError("unsafe member name ('..')", member=name)
-    if member.kind == tar.DIRECTORY:
-        return None
-    if member.kind != tar.REGULAR:
-        raise errors.ArchiveError('unsafe member: a %s, not a regular file'
-                                  % member.kind, member=name)
-    if len(parts) != 1:
-        raise errors.ArchiveError('unexpected member in a subdirectory',
-                                  member=name)
-    base = parts[0]
-    if base in IGNORED:
-        return None
-    if base in LEGACY:
-        return 'legacy', LEGACY[base]
-    match = _NUMBERED.fullmatch(base)
-    if not match:
-        raise errors.ArchiveError('unexpected member: a XenServer image '
-                                  'holds only 0.vhd .. n.vhd', member=name)
-    rank = int(match.group(1))
-    if rank >= depth_limit:
-        raise errors.LimitExceeded(
-            'chain position %d is beyond the depth limit of %d layers'
-            % (rank, depth_limit), member=name)
-    return 'numbered', rank
+VhdFile = image.VhdFile
 
 
-class ChainBuilder:
-    """Collects layers as they are read and checks how they fit."""
+def parent_ref(parent_path: str, child_path: str) -> writer.Parent:
+    """What a child of parent_path records about it (blktap's way)."""
+    with VhdFile(parent_path) as par:
+        unique_id = par.footer.unique_id
+    rel = os.path.relpath(os.path.abspath(parent_path),
+                          os.path.dirname(os.path.abspath(child_path)))
+    return writer.Parent(unique_id, os.path.basename(parent_path),
+                         writer.file_timestamp(parent_path),
+                         writer.xenserver_locators(rel))
 
-    def __init__(self, depth_limit: int, check_parents: bool = True):
-        self.depth_limit = depth_limit
-        self.check_parents = check_parents
-        self.style: str | None = None
-        self.layers: dict = {}
-        self.names: dict = {}
 
-    def claim(self, style: str, rank: int, name: str) -> None:
-        """Reserve a position before the member is read."""
-        if self.style not in (None, style):
-            raise errors.ArchiveError(
-                'mixes numbered members with legacy snap/image/base names',
-                member=name)
-        self.style = style
-        if rank in self.names:
-            raise errors.ArchiveError(
-                'duplicate member: %s is already the layer at position %d'
-                % (self.names[rank], rank), member=name)
-        if len(self.names) >= self.depth_limit:
-            raise errors.LimitExceeded('more than %d layers'
-                                       % self.depth_limit, member=name)
-        self.names[rank] = name
+def parent_path(path: str) -> str | None:
+    """Where a differencing disk's parent is, by its locators."""
+    with VhdFile(path) as vhd:
+        if vhd.footer.disk_type != fmt.DISK_DIFFERENCING:
+            return None
+        hdr = vhd.header
+        candidates = []
+        order = (fmt.PLAT_MACX, fmt.PLAT_W2RU, fmt.PLAT_W2KU)
+        for code in order:
+            for loc in hdr.locators:
+                if loc.code != code or not 0 < loc.data_length <= 4096:
+                    continue
+                raw = os.pread(vhd.fd, loc.data_length, loc.data_offset)
+                text = fmt.decode_locator(code, raw)
+                if text.startswith('file://'):
+                    text = text[len('file://'):]
+                candidates.append(text.replace('\\', '/'))
+        candidates.append(hdr.parent_name)
+    base = os.path.dirname(os.path.abspath(path))
+    for cand in candidates:
+        if not cand:
+            continue
+        full = os.path.normpath(os.path.join(base, cand))
+        if os.path.isfile(full):
+            return full
+    raise errors.ChainError('parent not found (locators: %s)'
+                            % ', '.join(c for c in candidates if c),
+                            source=path, field='parent locator')
 
-    def add(self, layer) -> None:
-        self.layers[layer.rank] = layer
 
-    def finish(self) -> list:
-        """Return the layers newest first, after checking the chain."""
-        if not self.layers:
-            raise errors.ArchiveError('no VHD in the archive (expected '
-                                      '0.vhd .. n.vhd)')
-        ranks = sorted(self.layers)
-        if self.style == 'numbered' and ranks != list(range(len(ranks))):
-            missing = sorted(set(range(ranks[-1] + 1)) - set(ranks))
-            raise errors.ChainError('gap in the chain: %s missing'
-                                    % ', '.join('%d.vhd' % m
-                                                for m in missing))
-        chain = [self.layers[r] for r in ranks]
-        for child, parent in zip(chain, chain[1:]):
-            self._check_link(child, parent)
-        base = chain[-1]
-        if base.disk_type == fmt.DISK_DIFFERENCING:
-            raise errors.ChainError(
-                'the oldest layer is a differencing disk whose parent is '
-                'not in the input (parent locators are never followed)',
-                member=base.name, field='disk type')
-        return chain
+def chain_of(path: str, max_depth: int = 30) -> list:
+    """path and its ancestors, newest first, by following locators."""
+    chain = [os.path.abspath(path)]
+    while True:
+        par = parent_path(chain[-1])
+        if par is None:
+            return chain
+        if par in chain or len(chain) >= max_depth:
+            raise errors.ChainError('parent chain loops or is deeper than '
+                                    '%d' % max_depth, source=path)
+        chain.append(par)
 
-    def _check_link(self, child, parent) -> None:
-        if child.disk_type != fmt.DISK_DIFFERENCING:
-            raise errors.ChainError(
-                'is a %s disk, but %s follows it in the chain'
-                % (fmt.DISK_TYPE_NAMES[child.disk_type], parent.name),
-                member=child.name, field='disk type')
-        if child.size < parent.size:
-            raise errors.ChainError(
-                '%d is smaller than its parent %s (%d)'
-                % (child.size, parent.name, parent.size),
-                member=child.name, field='current size')
-        if self.check_parents and \
-                child.header.parent_unique_id != parent.footer.unique_id:
-            raise errors.ChainError(
-                '%s does not match the unique id %s of %s'
-                % (child.header.parent_uuid, parent.footer.uuid, parent.name),
-                member=child.name, field='parent unique id')
+
+def set_parent(child: str, parent: str) -> None:
+    """Point child at parent (``vhd-util modify -p``).
+
+    Sets the parent unique id, time stamp and name, and rewrites the
+    existing locators in place with the parent's path relative to child.
+    """
+    if os.path.abspath(child) == os.path.abspath(parent):
+        raise errors.ChainError('a disk cannot be its own parent',
+                                source=child, field='parent')
+    ref = parent_ref(parent, child)
+    new = dict(ref.locators)
+    with VhdFile(child, writable=True) as vhd:
+        if vhd.footer.disk_type != fmt.DISK_DIFFERENCING:
+            raise errors.ChainError('not a differencing disk', source=child,
+                                    field='disk type')
+        hdr = vhd.header
+        updates = []
+        for i, loc in enumerate(hdr.locators):
+            if loc.code not in new:
+                continue
+            data = writer.encode_locator(loc.code, new[loc.code])
+            space = fmt.locator_space(loc)
+            if len(data) > space:
+                raise errors.VhdError(
+                    'the parent path does not fit in %d bytes' % space,
+                    source=child, field='parent locator %d' % i)
+            updates.append((loc, data, space))
+        for loc, data, space in updates:
+            os.pwrite(vhd.fd, data.ljust(space, b'\0'), loc.data_offset)
+            loc.data_length = len(data)
+        hdr.parent_unique_id = ref.unique_id
+        hdr.parent_timestamp = ref.timestamp
+        hdr.parent_name_raw = ref.name.encode('utf-16-be').ljust(
+            512, b'\0')[:512]
+        vhd.write_header()
+        vhd.flush()
+
+
+def fix_chain(chain: list) -> None:
+    """Point each VHD of a chain (newest first) at the next one."""
+    for child, parent in zip(chain, chain[1:]):
+        set_parent(child, parent)
+
+
+def discover_chain(directory: str) -> list:
+    """0.vhd, 1.vhd, ... as long as they exist (cinder's discover)."""
+    chain = []
+    while os.path.exists(os.path.join(directory, '%d.vhd' % len(chain))):
+        chain.append(os.path.join(directory, '%d.vhd' % len(chain)))
+    return chain
+
+
+def check_link(kid, par) -> None:
+    """The parent must be the one the child was made from."""
+    if kid.header.parent_unique_id != par.footer.unique_id:
+        raise errors.ChainError(
+            '%s is not the unique id %s of %s' % (
+                kid.header.parent_uuid, par.footer.uuid, par.path),
+            source=kid.path, field='parent unique id')
+
+
+def read_chain_block(files: list, idx: int) -> tuple[int, bytearray]:
+    """Block idx of a chain of open VhdFiles (newest first): the mask of
+    sectors some layer provides and the composed data."""
+    top = files[0]
+    bs, spb = top.block_size, top.spb
+    out = bytearray(bs)
+    have = 0
+    full = (1 << spb) - 1
+    for vhd in files:
+        if idx >= len(vhd.bat) or vhd.bat[idx] == fmt.BAT_UNUSED:
+            continue
+        mask = vhd.mask(idx) & ~have
+        if not mask:
+            continue
+        data = vhd.read_block(idx)
+        bits = format(mask, '0%db' % spb)
+        s = bits.find('1')
+        while s >= 0:
+            e = bits.find('0', s)
+            e = spb if e < 0 else e
+            out[s * fmt.SECTOR:e * fmt.SECTOR] = \
+                data[s * fmt.SECTOR:e * fmt.SECTOR]
+            s = bits.find('1', e)
+        have |= mask
+        if have == full:
+            break
+    return have, out
+
+
+class _ChainBlocks:
+    """The composed blocks of a chain, made when the writer asks."""
+
+    def __init__(self, files):
+        self.files = files
+        top = files[0]
+        self.keys = sorted({i for f in files for i in f.allocated()
+                            if i < top.nblocks})
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __getitem__(self, idx):
+        have, data = read_chain_block(self.files, idx)
+        spb = self.files[0].spb
+        if have == (1 << spb) - 1:
+            return None, bytes(data)
+        return writer.bitmap_of((s for s in range(spb)
+                                 if have >> (spb - 1 - s) & 1),
+                                self.files[0].block_size), bytes(data)
+
+
+def flatten(top: str, dest: str, chain: list | None = None) -> None:
+    """Copy a chain into one new dynamic VHD (``vhd-util copy``-like)."""
+    paths = chain or chain_of(top)
+    files = []
+    try:
+        for p in paths:
+            files.append(VhdFile(p))
+        for kid, par in zip(files, files[1:]):
+            check_link(kid, par)
+            if par.header is None or kid.block_size != par.block_size:
+                raise errors.ChainError(
+                    'layers of different kinds or block sizes',
+                    source=par.path, field='block size')
+        if files[0].header is None:
+            raise errors.ChainError('a fixed disk is flat already',
+                                    source=top, field='disk type')
+        blocks = _ChainBlocks(files)
+        writer.atomic_write(dest, lambda f: writer.write_dynamic(
+            f, files[0].size, blocks, order=blocks.keys,
+            block_size=files[0].block_size))
+    finally:
+        for f in files:
+            f.close()

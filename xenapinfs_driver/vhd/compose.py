@@ -26,7 +26,7 @@ import re
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 
-_NONE, _FULL, _PARTIAL = 0, 1, 2
+NONE, FULL, PARTIAL = 0, 1, 2     # what a layer holds of a block
 _RUNS = re.compile(b'1+')
 ZERO_FILL_CHUNK = 1 << 20
 _ZEROS = bytes(ZERO_FILL_CHUNK)
@@ -79,9 +79,9 @@ class Coverage:
         if mask and not self.flags[idx]:
             self.touched.append(idx)
         if mask == self.full:
-            self.flags[idx] = _FULL
+            self.flags[idx] = FULL
         elif mask:
-            self.flags[idx] = _PARTIAL
+            self.flags[idx] = PARTIAL
             self.partial[idx] = mask
 
     def mask(self, idx: int, spb: int) -> int:
@@ -96,9 +96,9 @@ class Coverage:
         if idx >= len(self.flags):
             return 0
         flag = self.flags[idx]
-        if flag == _FULL:
+        if flag == FULL:
             return self.full
-        if flag == _PARTIAL:
+        if flag == PARTIAL:
             return self.partial[idx]
         return 0
 

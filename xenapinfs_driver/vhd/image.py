@@ -255,7 +255,8 @@ class VhdFile:
         if not self.writable:
             raise errors.TargetError('opened read-only', source=self.path)
 
-    def _write_footers(self) -> None:
+    def write_footers(self) -> None:
+        """Both copies of the footer, as self.footer now says."""
         raw = self.footer.to_bytes()
         os.pwrite(self.fd, raw, self.footer_offset)
         if self.header is not None:     # a fixed disk has data at 0
@@ -333,9 +334,10 @@ class VhdFile:
         if new != old:
             fmt.set_mask(bm, self.spb, new)
             os.pwrite(self.fd, bytes(bm), bm_at)
-            self._set_batmap(idx, new == (1 << self.spb) - 1)
+            self.set_batmap(idx, new == (1 << self.spb) - 1)
 
-    def _set_batmap(self, idx: int, full: bool) -> None:
+    def set_batmap(self, idx: int, full: bool) -> None:
+        """Mark block idx full or not in the batmap, if there is one."""
         if self.batmap_offset is None:
             return
         byte, bit = divmod(idx, 8)
@@ -345,20 +347,23 @@ class VhdFile:
             return
         self.batmap[byte] = new
         os.pwrite(self.fd, bytes([new]), self.batmap_map_offset + byte)
-        self._write_batmap_header()
+        self.write_batmap_header()
 
-    def _write_batmap_header(self) -> None:
+    def write_batmap_header(self) -> None:
+        """The batmap header, with the checksum of the map as it is."""
         raw = bytearray(fmt.SECTOR)
+        self.batmap_checksum = fmt.checksum(bytes(self.batmap) + b'\0\0\0\0',
+                                            len(self.batmap))
         fmt.BATMAP.pack_into(
             raw, 0, fmt.BATMAP_COOKIE, self.batmap_map_offset,
             len(self.batmap) // fmt.SECTOR, fmt.BATMAP_VERSION,
-            fmt.checksum(bytes(self.batmap) + b'\0\0\0\0', len(self.batmap)))
+            self.batmap_checksum)
         os.pwrite(self.fd, bytes(raw), self.batmap_offset)
 
     def set_hidden(self, hidden: bool) -> None:
         self._need_writable()
         self.footer.hidden = 1 if hidden else 0
-        self._write_footers()
+        self.write_footers()
 
     def write_header(self) -> None:
         self._need_writable()

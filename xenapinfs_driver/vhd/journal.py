@@ -70,6 +70,19 @@ class Journal:
         self.size = size
         self.saved: list = []
 
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing to the journal and keep it: after a failed edit,
+        it is how the file is put back."""
+        if self.jfd is not None:
+            os.close(self.jfd)
+            self.jfd = None
+
     def save(self, offset: int, length: int) -> None:
         """Keep the old bytes at [offset, offset + length) of the file."""
         end = min(offset + length, self.size)
@@ -90,12 +103,12 @@ class Journal:
     def finish(self) -> None:
         """The edit is complete and on disk: the journal is not needed."""
         os.fsync(self.fd)
-        os.close(self.jfd)
+        self.close()
         os.unlink(self.path)
 
     def abandon(self) -> None:
         """The edit failed before it changed the file: drop the journal."""
-        os.close(self.jfd)
+        self.close()
         os.unlink(self.path)
 
 

@@ -31,46 +31,32 @@ zeros, since a VHD counts sectors.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import errno
 import os
 import stat
-import struct
 import tarfile
 import time
 
+from xenapinfs_driver.vhd import deflate
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import validate
-from xenapinfs_driver.vhd import stream
 from xenapinfs_driver.vhd import target as targetmod
 from xenapinfs_driver.vhd import writer
 
 BLOCK = writer.DEFAULT_BLOCK
 MEMBER = '0.vhd'
 DEFAULT_LEVEL = 1
-# isal has four levels; 3 compresses about as well as zlib's 6.
-ISAL_MAX_LEVEL = 3
 # The first pass reads zeros in pieces of this size, and stops reading a
 # block at its first non-zero piece: most data blocks cost one piece.
 SCAN_PIECE = 256 << 10
-# deflate's window: each piece is compressed with the stream's last 32 KiB
-# as its dictionary, so cutting the stream costs no compression.
-WINDOW = 32 << 10
-# Small writes (tar header, VHD metadata, padding) are gathered into
-# pieces of this size; block data goes to the compressor as it is read.
-PIECE = 1 << 20
-MAX_WORKERS = 2
+MAX_WORKERS = deflate.MAX_WORKERS
 MAX_SECTOR = 0xFFFFFFFF         # a BAT entry is a 32-bit sector number
 # The largest disk convert accepts by default, XenServer's largest VDI.
 MAX_SIZE = validate.MAX_SIZE
 
 _ZERO_PIECE = bytes(SCAN_PIECE)
-# gzip header: deflate, no name, no time stamp (a stream has none), OS
-# Unix, as gzip(1) writes it for standard input.
-_GZIP_HEADER = b'\x1f\x8b\x08\x00\x00\x00\x00\x00%c\x03'
 
 
 @dataclasses.dataclass
@@ -122,7 +108,7 @@ def pack(src: str, dst: str, *, vhd_only: bool = False,
         _refuse_same_file(src, dst)
         compressor = None
         if not vhd_only:
-            compressor = _pick_compressor(zlib_name, level)
+            compressor = deflate.pick_compressor(zlib_name, level)
         out = _Output(dst)
         try:
             result = _pack(disk, out, compressor, workers, progress)
@@ -146,7 +132,7 @@ def _pack(disk, out, compressor, workers, progress) -> Result:
         sink = out
     else:
         _, module, level = compressor
-        sink = _ParallelGzip(out.write, module, level, workers)
+        sink = deflate.ParallelGzip(out.write, module, level, workers)
     try:
         if compressor is not None:
             sink.write(_tar_header(vhd_size))
@@ -390,124 +376,6 @@ def _tar_trailer(vhd_size: int, archive_pos: int) -> bytes:
     pad = -vhd_size % tarfile.BLOCKSIZE
     end = archive_pos + pad + 2 * tarfile.BLOCKSIZE
     return bytes(pad + 2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE))
-
-
-# -- compression --------------------------------------------------------------
-
-def _pick_compressor(name: str | None, level: int) -> tuple:
-    """(name, module, level): the fastest compressor for the level.
-
-    isal only has levels up to 3; a higher level picks zlib-ng or zlib
-    unless isal is asked for by name (or XENAPINFS_VHD_ZLIB).
-    """
-    wanted = name or os.environ.get('XENAPINFS_VHD_ZLIB', '')
-    candidates = [wanted] if wanted else (
-        ['isal', 'zlib-ng', 'zlib'] if level <= ISAL_MAX_LEVEL
-        else ['zlib-ng', 'zlib'])
-    for cand in candidates:
-        try:
-            impl, module = stream.pick_zlib(cand)
-        except ValueError:
-            continue
-        if impl == 'isal':
-            level = min(level, ISAL_MAX_LEVEL)
-        return impl, module, level
-    raise errors.VhdError('unknown or unavailable compressor %r' % wanted,
-                          field='XENAPINFS_VHD_ZLIB' if not name else None)
-
-
-def _deflate(module, level: int, zdict: bytes, data, final: bool) -> tuple:
-    """One piece as raw deflate, ending on a byte boundary (or the end)."""
-    if zdict:
-        comp = module.compressobj(level, module.DEFLATED, -15, zdict=zdict)
-    else:
-        comp = module.compressobj(level, module.DEFLATED, -15)
-    return comp.compress(data), comp.flush(
-        module.Z_FINISH if final else module.Z_SYNC_FLUSH)
-
-
-class _ParallelGzip:
-    """A gzip stream whose pieces are compressed on worker threads.
-
-    Each piece is raw deflate with the 32 KiB before it as dictionary and
-    a sync flush at its end, so the pieces joined in order are one deflate
-    stream, as pigz makes it. zlib, isal and zlib-ng release the GIL while
-    compressing, so on two cores reading and compressing overlap and two
-    pieces compress at once. At most workers + 1 pieces are in flight,
-    which bounds memory to a few blocks.
-    """
-
-    def __init__(self, write, module, level: int, workers: int | None):
-        self._write = write
-        self._module = module
-        self._level = level
-        if workers is None:
-            workers = min(MAX_WORKERS, os.cpu_count() or 1)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max(1, workers), thread_name_prefix='vhd-deflate')
-        self._limit = max(1, workers) + 1
-        self._pending = collections.deque()
-        self._small = []
-        self._small_size = 0
-        self._history = b''
-        self._crc = 0
-        self._pos = 0
-        write(_GZIP_HEADER % (4 if level == 1 else 2 if level == 9 else 0))
-
-    def tell(self) -> int:
-        """Bytes written so far, uncompressed."""
-        return self._pos + self._small_size
-
-    def write(self, data) -> int:
-        n = len(data)
-        if n >= PIECE:
-            self._flush_small()
-            self._submit(data, False)
-        else:
-            self._small.append(bytes(data))
-            self._small_size += n
-            if self._small_size >= PIECE:
-                self._flush_small()
-        return n
-
-    def _flush_small(self) -> None:
-        if self._small:
-            data = b''.join(self._small)
-            self._small = []
-            self._small_size = 0
-            self._submit(data, False)
-
-    def _submit(self, data, final: bool) -> None:
-        self._crc = self._module.crc32(data, self._crc)
-        self._pos += len(data)
-        self._pending.append(self._pool.submit(
-            _deflate, self._module, self._level, self._history, data, final))
-        if len(data) >= WINDOW:
-            self._history = bytes(data[-WINDOW:])
-        else:
-            self._history = (self._history + bytes(data))[-WINDOW:]
-        while len(self._pending) > self._limit:
-            self._drain_one()
-
-    def _drain_one(self) -> None:
-        for part in self._pending.popleft().result():
-            if part:
-                self._write(part)
-
-    def close(self) -> None:
-        """Compress what is left, end the stream and write its trailer."""
-        self._flush_small()
-        self._submit(b'', True)
-        while self._pending:
-            self._drain_one()
-        self._write(struct.pack('<II', self._crc, self._pos & 0xFFFFFFFF))
-        self._pool.shutdown()
-
-    def abort(self) -> None:
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self._pool.shutdown(wait=True)
 
 
 # -- output -------------------------------------------------------------------

@@ -26,7 +26,7 @@ import re
 import stat
 import sys
 
-from xenapinfs_driver.vhd import chain as chainmod
+from xenapinfs_driver.vhd import members as membersmod
 from xenapinfs_driver.vhd import compose
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
@@ -100,12 +100,12 @@ class _Input:
 
 def _read_layers(inp: _Input, composer, limits: Limits,
                  check_parents: bool):
-    builder = chainmod.ChainBuilder(limits.max_depth, check_parents)
+    builder = membersmod.ChainBuilder(limits.max_depth, check_parents)
     head = inp.src.peek(tar.BLOCK)
     if tar.is_tar_header(head) or tar.has_tar_magic(head):
         container = 'tgz' if inp.gzip else 'tar'
         for member in tar.iter_members(inp.src):
-            rank = chainmod.member_rank(member, limits.max_depth)
+            rank = membersmod.member_rank(member, limits.max_depth)
             if rank is None:
                 continue
             builder.claim(rank[0], rank[1], member.name)
@@ -193,7 +193,7 @@ def _batmap_mismatch(layer, cov):
             if idx >= whole:
                 return None
             if bits[byte] & (0x80 >> bit) and \
-                    cov.flags[idx] != compose._FULL:
+                    cov.flags[idx] != compose.FULL:
                 return idx
     return None
 

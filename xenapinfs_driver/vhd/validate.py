@@ -103,12 +103,12 @@ def check_data_offset(footer: fmt.Footer, file_size: int | None) -> None:
                                    % footer.data_offset, field='data offset')
 
 
-def check_disk_size(size: int, limits: Limits | None = None) -> None:
-    """The virtual size a new or grown disk may have."""
-    limit = (limits or Limits()).max_size
-    if size <= 0 or size % fmt.SECTOR or size > limit:
+def check_disk_size(size: int, source: str | None = None) -> None:
+    """The virtual size a new or grown disk (source) may have."""
+    if size <= 0 or size % fmt.SECTOR or size > MAX_SIZE:
         raise errors.VhdError('%d is not a positive multiple of 512 of at '
-                              'most %d' % (size, limit), field='size')
+                              'most %d' % (size, MAX_SIZE), source=source,
+                              field='size')
 
 
 def check_block_size(bs: int) -> None:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 import uuid as uuidlib
 
+from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 
 DEFAULT_BLOCK = 2 << 20
@@ -237,3 +239,30 @@ def bitmap_of(sectors, block_size: int = DEFAULT_BLOCK) -> bytes:
 def file_timestamp(path: str) -> int:
     """A file's mtime as a VHD time stamp (what vhd-util records)."""
     return max(0, int(os.stat(path).st_mtime) - fmt.VHD_EPOCH)
+
+
+def atomic_write(path: str, fill) -> None:
+    """Write a new file through a temporary name; never replace one."""
+    if os.path.lexists(path):
+        raise errors.TargetError('already exists', source=path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix='.part',
+                                   prefix='.%s.' % os.path.basename(path))
+    except OSError as exc:
+        raise errors.TargetError('cannot create a file in %s: %s'
+                                 % (directory, exc.strerror),
+                                 source=path) from None
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            fill(f)
+            # On disk before it takes its name: never a partial VHD under
+            # the final name after a crash.
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.link(tmp, path)          # fails, as it should, if path appeared
+    finally:
+        os.unlink(tmp)

@@ -34,10 +34,12 @@ import pytest
 from tests import vhd_factory as vf
 from xenapinfs_driver.cmd import vhdutil
 from xenapinfs_driver.cmd import vhdutil_read
+from xenapinfs_driver.vhd import chain
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import image
 from xenapinfs_driver.vhd import journal as journalmod
 from xenapinfs_driver.vhd import ops
+from xenapinfs_driver.vhd import resize as resizemod
 from xenapinfs_driver.vhd import tgz
 from xenapinfs_driver.vhd import writer
 
@@ -498,7 +500,7 @@ def test_resize_failure_is_reverted_from_the_journal(run, tmp_path,
 
 
 def test_resize_grown_area_reads_as_zeros(run, tmp_path):
-    # LIBRARY BUG (ops.resize): the last, partial block of a disk may have
+    # LIBRARY BUG (resize.resize): the last, partial block of a disk may have
     # bitmap bits set past the disk's end (a writer that writes whole
     # blocks). The library ignores them (VhdFile.mask, the converter), but
     # growing the disk does not clear them, so old bytes appear in the
@@ -709,8 +711,8 @@ def test_check_p_stops_on_a_loop(run, tmp_path):
     # b's parent is a and a's parent is b: blktap would walk for ever.
     paths, _, _ = write_chain(tmp_path, (4 * MiB,) * 3)
     a, b = paths[0], paths[1]
-    ops.set_parent(b, a)
-    ops.set_parent(a, b)
+    chain.set_parent(b, a)
+    chain.set_parent(a, b)
     rc, out, _ = run('check', '-n', a, '-p')
     assert rc == errno.EINVAL
     lines = out.splitlines()
@@ -723,7 +725,7 @@ def test_snapshot_stops_on_a_loop_of_empty_parents(run, tmp_path):
     e1, e2 = str(tmp_path / 'e1.vhd'), str(tmp_path / 'e2.vhd')
     ops.snapshot(e1, base)
     ops.snapshot(e2, e1)
-    ops.set_parent(e1, e2)
+    chain.set_parent(e1, e2)
     rc, _, err = run('snapshot', '-n', tmp_path / 'c.vhd', '-p', e2)
     assert rc == errno.EINVAL
     one_error_line(err, 'snapshot')
@@ -737,7 +739,7 @@ def test_check_batmap_for_an_unallocated_block(run, tmp_path):
         idx = vhd.bat.index(fmt.BAT_UNUSED)
         vhd.batmap[idx >> 3] |= 0x80 >> (idx & 7)
         os.pwrite(vhd.fd, bytes(vhd.batmap), vhd.batmap_map_offset)
-        vhd._write_batmap_header()
+        vhd.write_batmap_header()
     assert _invalid(run, path) == ('batmap invalid: batmap shows '
                                    'unallocated block %d full' % idx)
 
@@ -992,7 +994,7 @@ def test_set_hidden(run, tmp_path):
 
 
 def test_set_hidden_on_a_fixed_disk_keeps_the_data(run, tmp_path):
-    # LIBRARY BUG (image.VhdFile.set_hidden/_write_footers): the footer
+    # LIBRARY BUG (image.VhdFile.set_hidden/write_footers): the footer
     # copy is written at offset 0 for every disk type; a fixed disk has
     # no copy there, its first sector is data.
     data = os.urandom(MiB)
@@ -1040,7 +1042,7 @@ def test_revert_an_interrupted_resize(run, tmp_path, monkeypatch):
         raise Interrupted()
     monkeypatch.setattr(image.VhdFile, 'write_header', crash)
     with pytest.raises(Interrupted):
-        ops.resize(str(path), 600 * MiB, str(journal))
+        resizemod.resize(str(path), 600 * MiB, str(journal))
     monkeypatch.undo()
     assert path.read_bytes() != before and journal.exists()
     assert run('revert', '-n', path, '-j', journal) == (0, '', '')

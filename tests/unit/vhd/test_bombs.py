@@ -63,7 +63,7 @@ import json, resource, sys, time
 spec = json.loads(sys.argv[1])
 _, hard = resource.getrlimit(resource.RLIMIT_AS)
 resource.setrlimit(resource.RLIMIT_AS, (spec['as_mb'] << 20, hard))
-from xenapinfs_driver.vhd import errors, image, ops, tgz
+from xenapinfs_driver.vhd import chain, errors, image, tgz
 limits = tgz.Limits(**spec['limits'])
 path, dest, call = spec['path'], spec['dest'], spec['call']
 start = time.monotonic()
@@ -85,9 +85,9 @@ try:
         out['virtual_size'] = res.virtual_size
         out['bytes_written'] = res.bytes_written
     elif call == 'chain_of':
-        out['chain'] = ops.chain_of(path)
+        out['chain'] = chain.chain_of(path)
     elif call == 'flatten':
-        ops.flatten(path, dest)
+        chain.flatten(path, dest)
     elif call == 'vhdfile':
         image.VhdFile(path, limits=limits).close()
 except errors.VhdError as exc:

@@ -225,7 +225,7 @@ def test_coverage_of_a_dynamic_layer():
     cov.set(1, 0b10100001)
     cov.set(2, 0)
     assert [cov.mask(i, SPB) for i in range(4)] == [FULL, 0b10100001, 0, 0]
-    assert cov.flags[2] == compose._NONE
+    assert cov.flags[2] == compose.NONE
     assert cov.mask(100, SPB) == 0
 
 

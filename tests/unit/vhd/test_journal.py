@@ -26,6 +26,7 @@ from tests.unit.vhd import vhdcheck as vc
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import journal as journalmod
 from xenapinfs_driver.vhd import ops
+from xenapinfs_driver.vhd import resize as resizemod
 
 MiB, KiB = vc.MiB, vc.KiB
 
@@ -58,7 +59,7 @@ def _edit(path, jpath, edits, *, extend=0, finish=False):
         if finish:
             jrn.finish()
         else:
-            os.close(jrn.jfd)
+            jrn.close()
     finally:
         os.close(fd)
 
@@ -145,7 +146,7 @@ def test_a_region_already_saved_is_not_saved_again(tmp_path, target):
         assert jrn.saved == [(1000, 6000), (5000, 7000)]
         jrn.seal()
         os.pwrite(fd, bytes(8000), 0)
-        os.close(jrn.jfd)
+        jrn.close()
     finally:
         os.close(fd)
     assert journalmod.revert(str(path), str(tmp_path / 'j')) == 2
@@ -165,7 +166,7 @@ def test_overlapping_saves_after_a_change_revert_to_the_oldest(tmp_path,
         jrn.save(512, 1024)                 # holds some changed bytes
         jrn.seal()
         os.pwrite(fd, b'\x98' * 1024, 512)
-        os.close(jrn.jfd)
+        jrn.close()
     finally:
         os.close(fd)
     journalmod.revert(str(path), str(tmp_path / 'j'))
@@ -234,14 +235,14 @@ def test_interrupted_journal_writing_leaves_the_file_revertable(
             raise Interrupted()
         return real(fd, data)
     monkeypatch.setattr(journalmod.os, 'write', write)
-    ops.resize(str(path), 600 * MiB, str(jpath))
+    resizemod.resize(str(path), 600 * MiB, str(jpath))
     total = calls[0]
     assert total >= 2
     for n in range(1, total + 1):
         path.write_bytes(orig)
         calls[0], fail_at[0] = 0, n
         with pytest.raises(Interrupted):
-            ops.resize(str(path), 600 * MiB, str(jpath))
+            resizemod.resize(str(path), 600 * MiB, str(jpath))
         assert vc.sha(path) == digest
         # Either no journal was left, or one that revert accepts: never
         # one that blocks every later resize and that revert refuses.
@@ -250,7 +251,7 @@ def test_interrupted_journal_writing_leaves_the_file_revertable(
         assert vc.sha(path) == digest
         assert not jpath.exists()
     fail_at[0] = None
-    ops.resize(str(path), 600 * MiB, str(jpath))
+    resizemod.resize(str(path), 600 * MiB, str(jpath))
     assert vc.listing(tmp_path) == ['d.vhd']
 
 

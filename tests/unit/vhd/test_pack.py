@@ -32,6 +32,7 @@ import tracemalloc
 import pytest
 
 from xenapinfs_driver.cmd import vhd as cmd
+from xenapinfs_driver.vhd import deflate
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import pack
@@ -201,7 +202,7 @@ def test_pieces_and_workers(tmp_path, monkeypatch, workers):
     # Small pieces cut the VHD's metadata and blocks into many deflate
     # pieces, each with the last 32 KiB before it as dictionary: text
     # repeated across the cuts is coded as references into it.
-    monkeypatch.setattr(pack, 'PIECE', 5000)
+    monkeypatch.setattr(deflate, 'PIECE', 5000)
     text = b''.join(b'line %d of a log file\n' % i for i in range(100000))
     src = tmp_path / 'disk.raw'
     disk = make_disk(src, 10 * BS, [(BS, text[:3 * BS]),
@@ -342,22 +343,22 @@ def test_each_compressor_gives_a_valid_gzip(tmp_path, name, level):
 
 def test_compressor_picked_by_level(monkeypatch):
     monkeypatch.delenv('XENAPINFS_VHD_ZLIB', raising=False)
-    name, _, level = pack._pick_compressor(None, 1)
+    name, _, level = deflate.pick_compressor(None, 1)
     try:
         import isal  # noqa: F401
         assert (name, level) == ('isal', 1)
     except ImportError:                         # pragma: no cover
         assert name in ('zlib-ng', 'zlib')
     # isal stops at level 3: higher levels go to zlib-ng or zlib.
-    name, _, level = pack._pick_compressor(None, 9)
+    name, _, level = deflate.pick_compressor(None, 9)
     assert name in ('zlib-ng', 'zlib') and level == 9
     monkeypatch.setenv('XENAPINFS_VHD_ZLIB', 'zlib')
-    assert pack._pick_compressor(None, 1)[0] == 'zlib'
+    assert deflate.pick_compressor(None, 1)[0] == 'zlib'
     monkeypatch.setenv('XENAPINFS_VHD_ZLIB', 'bogus')
     with pytest.raises(errors.VhdError, match='bogus'):
-        pack._pick_compressor(None, 1)
+        deflate.pick_compressor(None, 1)
     with pytest.raises(errors.VhdError, match='lzma'):
-        pack._pick_compressor('lzma', 1)
+        deflate.pick_compressor('lzma', 1)
 
 
 def test_level_is_checked(tmp_path):

@@ -16,7 +16,7 @@ import tarfile
 import pytest
 
 from tests.unit.vhd import badinput as bi
-from xenapinfs_driver.vhd import chain as chainmod
+from xenapinfs_driver.vhd import members as membersmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import layer as layermod
@@ -75,7 +75,7 @@ def _member(name, kind=tar.REGULAR):
     ('sub/', tar.DIRECTORY, None),
 ])
 def test_member_rank_accepts(name, kind, expected):
-    assert chainmod.member_rank(_member(name, kind), 30) == expected
+    assert membersmod.member_rank(_member(name, kind), 30) == expected
 
 
 @pytest.mark.parametrize('name, kind, cls, says', [
@@ -107,7 +107,7 @@ def test_member_rank_accepts(name, kind, expected):
 ])
 def test_member_rank_refuses(name, kind, cls, says):
     with pytest.raises(errors.VhdError) as info:
-        chainmod.member_rank(_member(name, kind), 30)
+        membersmod.member_rank(_member(name, kind), 30)
     assert type(info.value) is cls
     assert info.value.member == name
     assert says in str(info.value)
@@ -138,7 +138,7 @@ def _linked(n):
 
 
 def test_builder_returns_the_layers_newest_first():
-    builder = chainmod.ChainBuilder(30)
+    builder = membersmod.ChainBuilder(30)
     for layer in reversed(_linked(3)):
         builder.claim('numbered', layer.rank, layer.name)
         builder.add(layer)
@@ -147,7 +147,7 @@ def test_builder_returns_the_layers_newest_first():
 
 
 def test_builder_refuses_mixed_styles_and_duplicates():
-    builder = chainmod.ChainBuilder(30)
+    builder = membersmod.ChainBuilder(30)
     builder.claim('numbered', 0, '0.vhd')
     with pytest.raises(errors.ArchiveError) as info:
         builder.claim('legacy', 1, 'image.vhd')
@@ -160,7 +160,7 @@ def test_builder_refuses_mixed_styles_and_duplicates():
 
 
 def test_builder_counts_legacy_layers_against_the_limit():
-    builder = chainmod.ChainBuilder(2)
+    builder = membersmod.ChainBuilder(2)
     builder.claim('legacy', 0, 'snap.vhd')
     builder.claim('legacy', 1, 'image.vhd')
     with pytest.raises(errors.LimitExceeded) as info:
@@ -188,7 +188,7 @@ def test_builder_counts_legacy_layers_against_the_limit():
 def test_builder_checks_the_links(mutate, cls, says):
     layers = _linked(3)
     mutate(layers)
-    builder = chainmod.ChainBuilder(30)
+    builder = membersmod.ChainBuilder(30)
     for layer in layers:
         builder.claim('numbered', layer.rank, layer.name)
         builder.add(layer)
@@ -200,7 +200,7 @@ def test_builder_checks_the_links(mutate, cls, says):
 
 def test_builder_ignores_parent_ids_when_told():
     layers = _linked(2)
-    builder = chainmod.ChainBuilder(30, check_parents=False)
+    builder = membersmod.ChainBuilder(30, check_parents=False)
     for layer in layers:
         builder.add(layer)
     assert builder.finish() == layers
