@@ -24,34 +24,25 @@ from xenapinfs_driver.vhd import image
 from xenapinfs_driver.vhd import ops
 from xenapinfs_driver.vhd import writer
 
-Usage = common.Usage
-Failure = common.Failure
-_need = common.need
-_absent = common.absent
-_int = common.int_arg
-_max_size = common.max_size
-_not_implemented = common.not_implemented
-MiB = common.MiB
-
 
 # -- create and snapshot -----------------------------------------------------
 
 def _entries(msize_mib: int, block: int) -> int | None:
-    return -(-msize_mib * MiB // block) if msize_mib else None
+    return -(-msize_mib * common.MiB // block) if msize_mib else None
 
 
 def cmd_create(o: dict) -> int:
-    _not_implemented(o, {'r': 'fixed (reserved) disk'})
+    common.not_implemented(o, {'r': 'fixed (reserved) disk'})
     if 's' not in o:
-        raise Usage('-s size (MB) is required')
+        raise common.Usage('-s size (MB) is required')
     name = o['n']
-    size = _int(o['s'], 'size')
-    msize = _int(o.get('S', '0'), 'size')
+    size = common.int_arg(o['s'], 'size')
+    msize = common.int_arg(o.get('S', '0'), 'size')
     if msize and msize < size:
-        raise Failure('<-S size> must be greater than <-s size>')
-    _max_size(max(size, msize) * MiB)
-    _absent(name)
-    ops.create(name, size * MiB,
+        raise common.Failure('<-S size> must be greater than <-s size>')
+    common.max_size(max(size, msize) * common.MiB)
+    common.absent(name)
+    ops.create(name, size * common.MiB,
                max_table_entries=_entries(msize, writer.DEFAULT_BLOCK))
     return 0
 
@@ -61,12 +52,12 @@ def _has_data(vhd) -> bool:
 
 
 def cmd_snapshot(o: dict) -> int:
-    _not_implemented(o, {'m': 'raw parent'})
+    common.not_implemented(o, {'m': 'raw parent'})
     if 'p' not in o:
-        raise Usage('-p parent is required')
+        raise common.Usage('-p parent is required')
     name, pname = o['n'], o['p']
-    _need(pname)
-    _absent(name)
+    common.need(pname)
+    common.absent(name)
     ppath = os.path.realpath(pname)
     backing = ppath
     if 'e' not in o:
@@ -81,21 +72,23 @@ def cmd_snapshot(o: dict) -> int:
             seen.add(backing)
             backing = os.path.realpath(chain.parent_path(backing))
             if backing in seen:
-                raise Failure('the parent chain of %s loops back to %s'
-                              % (pname, backing))
+                raise common.Failure('the parent chain of %s loops back '
+                                     'to %s' % (pname, backing))
     size = ops.get_size(ppath)
     if 'l' in o:
-        limit = _int(o['l'], 'depth limit')
+        limit = common.int_arg(o['l'], 'depth limit')
         depth = len(chain.chain_of(backing))
         if limit and depth + 1 > limit:
-            raise Failure('snapshot depth exceeded: current depth: %d, '
-                          'limit: %d' % (depth, limit), errno.ENOSPC)
+            raise common.Failure('snapshot depth exceeded: current depth: '
+                                 '%d, limit: %d' % (depth, limit),
+                                 errno.ENOSPC)
     if 'S' in o:
-        msize = _int(o['S'], 'size')
-        _max_size(msize * MiB)
-        if msize * MiB < size:
-            raise Failure('<-S size> must be at least the parent\'s size '
-                          '(%d MB)' % -(-size // MiB))
+        msize = common.int_arg(o['S'], 'size')
+        common.max_size(msize * common.MiB)
+        if msize * common.MiB < size:
+            raise common.Failure('<-S size> must be at least the '
+                                 'parent\'s size (%d MB)'
+                                 % -(-size // common.MiB))
         with image.VhdFile(backing) as par:
             block = par.block_size if par.header else \
                 writer.DEFAULT_BLOCK

@@ -25,37 +25,27 @@ from xenapinfs_driver.vhd import journal as journalmod
 from xenapinfs_driver.vhd import ops
 from xenapinfs_driver.vhd import resize as resizemod
 
-Usage = common.Usage
-Failure = common.Failure
-_out = common.out
-_need = common.need
-_absent = common.absent
-_int = common.int_arg
-_max_size = common.max_size
-_not_implemented = common.not_implemented
-_round_up = common.round_up
-MiB = common.MiB
-
 
 # -- modify ------------------------------------------------------------------
 
 def cmd_modify(o: dict) -> int:
-    _not_implemented(o, {'s': 'set the physical size',
-                         'm': 'raw parent', 'z': 'zero the BAT'})
+    common.not_implemented(o, {'s': 'set the physical size',
+                               'm': 'raw parent', 'z': 'zero the BAT'})
     name = o['n']
-    _need(name)
+    common.need(name)
     if 'p' not in o:
         with image.VhdFile(name):
             return 0
     parent = o['p']
-    _need(parent)
+    common.need(parent)
     if os.path.realpath(parent) == os.path.realpath(name):
-        raise Failure("failed to set parent to '%s': a VHD cannot be its "
-                      "own parent" % parent)
+        raise common.Failure("failed to set parent to '%s': a VHD cannot "
+                             "be its own parent" % parent)
     try:
         chain.set_parent(name, parent)
     except errors.VhdError as exc:
-        raise Failure("failed to set parent to '%s': %s" % (parent, exc))
+        raise common.Failure("failed to set parent to '%s': %s"
+                             % (parent, exc))
     return 0
 
 
@@ -64,7 +54,7 @@ def cmd_modify(o: dict) -> int:
 def _resize(path: str, size: int, journal: str | None, what: str) -> None:
     """resize.resize; if it fails after starting the journal, revert."""
     if journal is not None:
-        _absent(journal, 'creating journal failed: ')
+        common.absent(journal, 'creating journal failed: ')
     try:
         resizemod.resize(path, size, journal)
     except BaseException as exc:
@@ -72,41 +62,42 @@ def _resize(path: str, size: int, journal: str | None, what: str) -> None:
             try:
                 journalmod.revert(path, journal)
             except (OSError, errors.VhdError) as rexc:
-                raise Failure('%s failed: %s; reverting the journal %s '
-                              'failed too: %s; run vhd-util revert -n %s '
-                              '-j %s' % (what, exc, journal, rexc, path,
-                                         journal)) from None
+                raise common.Failure(
+                    '%s failed: %s; reverting the journal %s failed too: '
+                    '%s; run vhd-util revert -n %s -j %s'
+                    % (what, exc, journal, rexc, path, journal)) from None
         if isinstance(exc, errors.VhdError):
-            raise Failure('%s failed: %s' % (what, exc)) from None
+            raise common.Failure('%s failed: %s' % (what, exc)) from None
         raise
 
 
 def cmd_resize(o: dict) -> int:
     if 's' not in o:
-        raise Usage('-s size (in MB) is required')
+        raise common.Usage('-s size (in MB) is required')
     if ('j' in o) == ('f' in o):
-        raise Usage('one of -j journal and -f (fast) is required')
+        raise common.Usage('one of -j journal and -f (fast) is required')
     name = o['n']
-    mib = _int(o['s'], 'size')
-    _need(name)
+    mib = common.int_arg(o['s'], 'size')
+    common.need(name)
     with image.VhdFile(name) as vhd:
         if not vhd.footer.creator_app.startswith(b'tap'):
-            raise Failure('%s not created by xen; resize not supported'
-                          % name)
+            raise common.Failure('%s not created by xen; resize not '
+                                 'supported' % name)
         if vhd.header is None:
-            raise Failure('resizing a fixed VHD is not implemented by this '
-                          'vhd-util', errno.ENOSYS)
+            raise common.Failure('resizing a fixed VHD is not implemented '
+                                 'by this vhd-util', errno.ENOSYS)
         current, block = vhd.size, vhd.block_size
     # Like blktap: whole blocks. A request for what query -v says (the
     # current size truncated to MiB) keeps the size: Cinder asks for that
     # when a parent is as big as its child.
-    size = _round_up(mib * MiB, block)
-    _max_size(size)
+    size = common.round_up(mib * common.MiB, block)
+    common.max_size(size)
     if size == current or (size < current and mib == current >> 20):
         return 0
     if size < current:
-        raise Failure('%s: size (%d) < curr size (%d): shrinking is not '
-                      'supported' % (name, size, current), errno.ENOSYS)
+        raise common.Failure('%s: size (%d) < curr size (%d): shrinking is '
+                             'not supported' % (name, size, current),
+                             errno.ENOSYS)
     _resize(name, size, o.get('j'), 'resize')
     return 0
 
@@ -114,18 +105,18 @@ def cmd_resize(o: dict) -> int:
 # -- coalesce ----------------------------------------------------------------
 
 def cmd_coalesce(o: dict) -> int:
-    _not_implemented(o, {'a': 'coalesce onto an ancestor'})
+    common.not_implemented(o, {'a': 'coalesce onto an ancestor'})
     name = o['n']
-    _need(name)
+    common.need(name)
     try:
         if 'o' in o:
-            _absent(o['o'])
+            common.absent(o['o'])
             chain.flatten(name, o['o'])
             return 0
         parent = chain.parent_path(name)
         if parent is None:
-            raise Failure('error finding %s parent: not a differencing '
-                          'disk' % name)
+            raise common.Failure('error finding %s parent: not a '
+                                 'differencing disk' % name)
         size = ops.get_size(name)
         if ops.get_size(parent) < size:
             # blktap fails here (ERANGE) and the tail of the child is
@@ -135,9 +126,9 @@ def cmd_coalesce(o: dict) -> int:
             _resize(parent, size, journal, 'growing the parent')
         ops.coalesce(name, parent)
     except errors.VhdError as exc:
-        raise Failure('error coalescing: %s' % exc) from None
+        raise common.Failure('error coalescing: %s' % exc) from None
     if 'p' in o:
-        _out('100.00%')
+        common.out('100.00%')
     return 0
 
 
@@ -145,20 +136,20 @@ def cmd_coalesce(o: dict) -> int:
 
 def cmd_set(o: dict) -> int:
     if 'f' not in o or 'v' not in o:
-        raise Usage('-f field and -v value are required')
+        raise common.Usage('-f field and -v value are required')
     field = o['f']
     if field == 'marker':
-        raise Failure('field marker is not implemented by this vhd-util',
-                      errno.ENOSYS)
+        raise common.Failure('field marker is not implemented by this '
+                             'vhd-util', errno.ENOSYS)
     if field != 'hidden':
-        raise Usage('invalid field %s' % field)
-    value = _int(o['v'], 'value')
+        raise common.Usage('invalid field %s' % field)
+    value = common.int_arg(o['v'], 'value')
     if value > 1:
         # blktap takes 0..255 but its own check calls anything but 0 and
         # 1 an invalid hidden state.
-        raise Usage('invalid value %d (hidden is 0 or 1)' % value)
+        raise common.Usage('invalid value %d (hidden is 0 or 1)' % value)
     name = o['n']
-    _need(name)
+    common.need(name)
     with image.VhdFile(name, writable=True) as vhd:
         vhd.set_hidden(bool(value))
         vhd.flush()
@@ -167,11 +158,11 @@ def cmd_set(o: dict) -> int:
 
 def cmd_revert(o: dict) -> int:
     if 'j' not in o:
-        raise Usage('-j journal is required')
-    _need(o['n'])
-    _need(o['j'])
+        raise common.Usage('-j journal is required')
+    common.need(o['n'])
+    common.need(o['j'])
     try:
         journalmod.revert(o['n'], o['j'])
     except errors.VhdError as exc:
-        raise Failure('reverting journal failed: %s' % exc) from None
+        raise common.Failure('reverting journal failed: %s' % exc) from None
     return 0

@@ -30,48 +30,41 @@ from xenapinfs_driver.vhd import validate
 # blktap refuses timestamps further in the future than this (NFS skew).
 TIMESTAMP_SLACK = 1800
 
-Usage = common.Usage
-_out = common.out
-_err = common.err
-_need = common.need
-_not_implemented = common.not_implemented
-_p = errors.printable
-
 
 # -- query -------------------------------------------------------------------
 
 def cmd_query(o: dict) -> int:
     name = o['n']
-    _need(name)
+    common.need(name)
     rc = 0
     with image.VhdFile(name) as vhd:
         if 'v' in o:
-            _out('%d' % (vhd.size >> 20))
+            common.out('%d' % (vhd.size >> 20))
         if 's' in o:
-            _out('%d' % (vhd.footer_offset + fmt.FOOTER_SIZE))
+            common.out('%d' % (vhd.footer_offset + fmt.FOOTER_SIZE))
         if 'p' in o:
             if vhd.footer.disk_type != fmt.DISK_DIFFERENCING:
-                _out('%s has no parent' % name)
+                common.out('%s has no parent' % name)
             else:
                 try:
-                    _out(os.path.realpath(chain.parent_path(name)))
+                    common.out(os.path.realpath(chain.parent_path(name)))
                 except errors.VhdError as exc:
                     # The glance plugin looks for these words on stdout.
-                    _out('query failed')
-                    _err('query', exc)
+                    common.out('query failed')
+                    common.err('query', exc)
                     rc = errno.EINVAL
         if 'f' in o:
-            _out('hidden: %d' % vhd.footer.hidden)
+            common.out('hidden: %d' % vhd.footer.hidden)
         if 'd' in o:
             try:
-                _out('chain depth: %d' % len(chain.chain_of(name)))
+                common.out('chain depth: %d' % len(chain.chain_of(name)))
             except errors.VhdError as exc:
-                _err('query', 'error checking chain depth: %s' % exc)
+                common.err('query', 'error checking chain depth: %s' % exc)
                 rc = rc or errno.EINVAL
         if 'S' in o:
             entries = vhd.header.max_table_entries if vhd.header else 0
             block = vhd.block_size if vhd.header else 0
-            _out('%d' % (entries * block >> 20))
+            common.out('%d' % (entries * block >> 20))
     return rc
 
 
@@ -85,7 +78,7 @@ _PARTS = [(errors.InvalidFooter, 'footer'), (errors.InvalidHeader, 'header'),
 def _problem(exc: errors.VhdError) -> str:
     part = next(p for cls, p in _PARTS if isinstance(exc, cls))
     what = '%s: %s' % (exc.field, exc.reason) if exc.field else exc.reason
-    return '%s invalid: %s' % (part, _p(what))
+    return '%s invalid: %s' % (part, errors.printable(what))
 
 
 def _vhd_now() -> int:
@@ -106,38 +99,39 @@ def _check_vhd(path: str, o: dict) -> str | None:
         try:
             parent = chain.parent_path(path)
         except errors.VhdError as exc:
-            return 'parent locator invalid: %s' % _p(exc.reason)
+            return 'parent locator invalid: %s' % errors.printable(exc.reason)
         if 'I' not in o:
             try:
                 with image.VhdFile(parent) as par:
                     pid = par.footer.unique_id
             except errors.VhdError as exc:
-                return 'invalid parent %s: %s' % (_p(parent), exc)
+                return 'invalid parent %s: %s' % (
+                    errors.printable(parent), exc)
             if pid != vhd.header.parent_unique_id:
                 return ('invalid parent %s: invalid parent uuid %s '
                         '(the parent is %s)' % (
-                            _p(parent), vhd.header.parent_uuid,
+                            errors.printable(parent), vhd.header.parent_uuid,
                             uuidlib.UUID(bytes=pid)))
     return None
 
 
 def cmd_check(o: dict) -> int:
-    _not_implemented(o, {'i': 'ignore a missing primary footer',
-                         's': 'statistics'})
+    common.not_implemented(o, {'i': 'ignore a missing primary footer',
+                               's': 'statistics'})
     if 'B' in o and 'b' in o:
-        raise Usage('-B precludes -b')
+        raise common.Usage('-B precludes -b')
     name = o['n']
-    _need(name)
+    common.need(name)
     path = name
     seen = set()
     while True:
         msg = _check_vhd(path, o)
         if msg:
-            _out(msg)
-            _out('%s appears invalid; dumping metadata' % path)
+            common.out(msg)
+            common.out('%s appears invalid; dumping metadata' % path)
             _dump(path, False)
             return errno.EINVAL
-        _out('%s is valid' % path)
+        common.out('%s is valid' % path)
         if 'p' not in o:
             return 0
         with image.VhdFile(path) as vhd:
@@ -146,7 +140,8 @@ def cmd_check(o: dict) -> int:
         seen.add(os.path.realpath(path))
         path = os.path.realpath(chain.parent_path(path))
         if path in seen:
-            _out('parent invalid: the chain loops back to %s' % _p(path))
+            common.out('parent invalid: the chain loops back to %s'
+                       % errors.printable(path))
             return errno.EINVAL
 
 
@@ -159,26 +154,26 @@ def _dump(path: str, hexa: bool) -> None:
     except errors.VhdError:
         lines = dumping.raw_dump_lines(path, hexa)
     for line in lines:
-        _out(line)
+        common.out(line)
 
 
 def cmd_read(o: dict) -> int:
-    _not_implemented(o, {k: 'read -%s' % k for k in 'tbBmiejadcrR'})
+    common.not_implemented(o, {k: 'read -%s' % k for k in 'tbBmiejadcrR'})
     name = o['n']
-    _need(name)
+    common.need(name)
     hexa = 'x' in o
     try:
         vhd = image.VhdFile(name)
     except errors.VhdError as exc:
-        _err('read', 'Failed to open %s' % exc)
-        _out('')
-        _out('%s appears invalid; dumping headers' % name)
-        _out('')
+        common.err('read', 'Failed to open %s' % exc)
+        common.out('')
+        common.out('%s appears invalid; dumping headers' % name)
+        common.out('')
         for line in dumping.raw_dump_lines(name, hexa):
-            _out(line)
+            common.out(line)
         return errno.EINVAL
     with vhd:
         if 'p' in o:
             for line in dumping.headers_lines(vhd, hexa):
-                _out(line)
+                common.out(line)
     return 0
