@@ -13,8 +13,9 @@
 
 Prints ``listening on URL`` on stdout once it serves, logs each call's
 method name to stderr (never a parameter: no password, no session), and
-ends cleanly on SIGTERM or SIGINT. Exit status: 0 after a signal, 1 when it
-cannot start, 2 bad usage.
+ends cleanly on SIGTERM or SIGINT. Its records survive it in the root's
+database file. Exit status: 0 after a signal, 1 when it cannot start (a
+corrupt database file among the reasons, named), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--sr-size', type=_size, metavar='BYTES',
                    help='a quota per export: writes beyond it fail as on a '
                    'full disk')
+    p.add_argument('--forget-srs', action='store_true',
+                   help='start as a host that forgot its SRs, or a rebuilt '
+                   'pool: the SR, PBD and VDI records in the root\'s '
+                   'database are dropped, the files on the exports stay')
     p.add_argument('--tls-cert', metavar='FILE', help='PEM certificate')
     p.add_argument('--tls-key', metavar='FILE', help='PEM private key')
     p.add_argument('-v', '--verbose', action='store_true',
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
             args.root, username=args.username, password=_password(args),
             listen=args.listen, slave_listen=args.slave_listen,
             exports=args.export, sr_size=args.sr_size,
-            tls_cert=args.tls_cert, tls_key=args.tls_key).start()
+            tls_cert=args.tls_cert, tls_key=args.tls_key,
+            forget_srs=args.forget_srs).start()
     except (OSError, ValueError) as exc:
         print('%s: cannot start: %s' % (PROG, exc), file=sys.stderr)
         return 1

@@ -310,7 +310,7 @@ def test_quota_is_the_physical_size():
         assert 0 < after - before < 1 << 20
 
 
-def test_restart_over_the_same_root(tmp_path):
+def test_restart_forgetting_the_srs(tmp_path):
     root = str(tmp_path / 'root')
     disk = hu.pattern(4 << 20, seed=11)
     with xapi_fixture.running_server(root) as server:
@@ -321,7 +321,7 @@ def test_restart_over_the_same_root(tmp_path):
         vdi = xapi_fixture.create_vdi(session, sr, 4 << 20)
         vdi_uuid = session.xenapi.VDI.get_uuid(vdi)
         hu.import_data(server, session, vdi, disk)
-    with xapi_fixture.running_server(root) as server:
+    with xapi_fixture.running_server(root, forget_srs=True) as server:
         assert server.host_uuid == host_uuid
         session = xapi_fixture.login(server)
         x = session.xenapi

@@ -72,7 +72,8 @@ def test_restarted_host_gets_the_sr_introduced(tmp_path):
         vdi, vdi_uuid = storage.create_vdi(s, sr, 4 * MiB, 'keep')
         _write(s, vdi, b'\x5a' * MiB)
         s.close()
-    with xapi_fixture.running_server(root) as srv:
+    # Restarted as a host that forgot its SRs (or was rebuilt).
+    with xapi_fixture.running_server(root, forget_srs=True) as srv:
         s = make_session(srv).connect()
         try:
             assert storage.sr_by_uuid(s, sr_uuid) is None

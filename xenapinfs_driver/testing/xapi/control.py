@@ -22,7 +22,8 @@ usual ``{'Status', 'Value'}`` shape. Calls to them are not logged in
 ``clear_calls()``; ``invalidate_sessions()`` -> how many ended;
 ``invalidate_session(ref)``; ``get_state()`` -> counts of records per
 class, the files under the exports (relative to the root) and the SR
-mounts, for leak checks.
+mounts, for leak checks; ``forget_srs()`` -> how many SRs the host
+forgot, as ``--forget-srs`` does at start (see ``restore``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 
 from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import restore
 from xenapinfs_driver.testing.xapi import wire
 
 
@@ -76,6 +78,10 @@ def get_state(call):
         return state
 
 
+def forget_srs(call):
+    return str(restore.forget_srs(call.db, call.server.storage))
+
+
 METHODS = {'testing.%s' % f.__name__: f for f in (
     add_fault, clear_faults, get_faults, get_calls, clear_calls,
-    invalidate_sessions, invalidate_session, get_state)}
+    invalidate_sessions, invalidate_session, get_state, forget_srs)}

@@ -16,6 +16,12 @@ XAPI. Stored records hold wire values (ints as decimal strings); reverse
 references and values a class computes (an SR's sizes) are added to the
 copy handed out, on every read. ``lock`` is the server's one lock: every
 change of state, here or on disk, happens while holding it.
+
+A change is committed when the lock's outermost holder lets it go:
+``on_commit`` (the database file, see ``persist``) is called then, before
+any other thread can see the change, when a record of a class that
+persists may have changed: one created, updated, destroyed or handed out
+by ``get`` (the way handlers change a record in place).
 """
 
 from __future__ import annotations
@@ -36,15 +42,55 @@ def new_ref() -> str:
     return 'OpaqueRef:%s' % uuidlib.uuid4()
 
 
+class CommitLock:
+    """A re-entrant lock that commits as its outermost holder leaves."""
+
+    def __init__(self, commit):
+        self._lock = threading.RLock()
+        self._commit = commit
+        # Only the holder touches it, so the lock itself guards it.
+        self._depth = 0
+
+    def __enter__(self) -> CommitLock:
+        self._lock.acquire()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._depth == 1:
+                self._commit()
+        finally:
+            self._depth -= 1
+            self._lock.release()
+
+
 class Database:
     """Tables of records keyed by ref, with a uuid index per class."""
 
     def __init__(self):
-        self.lock = threading.RLock()
+        self.lock = CommitLock(self._commit)
         self._tables = {cls: {} for cls in schema.SCHEMAS}
         self._uuids = {cls: {} for cls in schema.SCHEMAS}
         # cls -> fn(ref, record): fills in values computed on each read.
         self.computed = {}
+        # fn(db): makes the persistent tables durable; None: memory only.
+        self.on_commit = None
+        self._touched = False
+
+    def _touch(self, cls: str) -> None:
+        if schema.SCHEMAS[cls].persist:
+            self._touched = True
+
+    def _commit(self) -> None:
+        if not self._touched or self.on_commit is None:
+            return
+        self._touched = False
+        try:
+            self.on_commit(self)
+        except BaseException:
+            self._touched = True    # the next commit tries again
+            raise
 
     def create(self, cls: str, fields: dict | None = None) -> str:
         """A new record of cls; unset fields take their defaults."""
@@ -64,22 +110,28 @@ class Database:
             ref = new_ref()
             self._tables[cls][ref] = rec
             self._uuids[cls][rec['uuid']] = ref
+            self._touch(cls)
             return ref
 
     def exists(self, cls: str, ref) -> bool:
         return isinstance(ref, str) and ref in self._tables[cls]
 
-    def get(self, cls: str, ref) -> dict:
-        """The stored record itself (change it only holding the lock)."""
+    def _stored(self, cls: str, ref) -> dict:
         try:
             return self._tables[cls][ref]
         except (KeyError, TypeError):
             raise errors.handle_invalid(cls, ref) from None
 
+    def get(self, cls: str, ref) -> dict:
+        """The stored record itself (change it only holding the lock)."""
+        rec = self._stored(cls, ref)
+        self._touch(cls)
+        return rec
+
     def record(self, cls: str, ref) -> dict:
         """A copy of the record as the API shows it."""
         with self.lock:
-            rec = copy.deepcopy(self.get(cls, ref))
+            rec = copy.deepcopy(self._stored(cls, ref))
             for field, (other, key) in schema.BACKREFS.get(cls, {}).items():
                 rec[field] = [r for r, o in self._tables[other].items()
                               if o[key] == ref]
@@ -141,3 +193,21 @@ class Database:
 
     def count(self, cls: str) -> int:
         return len(self._tables[cls])
+
+    # -- the database file's side (see ``persist``) --------------------------
+
+    def tables(self) -> dict:
+        """{class: {ref: stored record}} of the classes that persist.
+
+        The records themselves: read them holding the lock, change none.
+        """
+        return {cls: self._tables[cls] for cls, sch in schema.SCHEMAS.items()
+                if sch.persist}
+
+    def insert(self, cls: str, ref: str, rec: dict) -> None:
+        """A record as a database file holds it, under its own ref."""
+        with self.lock:
+            if ref in self._tables[cls] or rec['uuid'] in self._uuids[cls]:
+                raise ValueError('%s %s is there twice' % (cls, ref))
+            self._tables[cls][ref] = rec
+            self._uuids[cls][rec['uuid']] = ref

@@ -49,6 +49,9 @@ class Schema:
     # Whether get_all, get_all_records and get_all_records_where exist
     # (XAPI does not list sessions).
     listable: bool = True
+    # Whether the database file keeps it across a restart: XAPI's
+    # datamodel marks sessions and tasks ``PersistNothing``.
+    persist: bool = True
 
     def default(self, field: str):
         value = self.fields[field]
@@ -85,7 +88,7 @@ SCHEMAS = {s.name: s for s in (
                            validation_time=epoch, auth_user_sid='',
                            auth_user_name='', rbac_permissions=[],
                            tasks=[], parent=NULL, originator=''),
-           frozenset(('other_config',)), listable=False),
+           frozenset(('other_config',)), listable=False, persist=False),
     Schema('task', dict(_COMMON, name_label='', name_description='',
                         allowed_operations=['cancel'],
                         current_operations={}, created=now,
@@ -94,7 +97,7 @@ SCHEMAS = {s.name: s for s in (
                         result='', error_info=[], subtask_of=NULL,
                         subtasks=[], backtrace='()'),
            frozenset(('other_config', 'status', 'progress', 'result',
-                      'error_info'))),
+                      'error_info')), persist=False),
     Schema('SR', dict(_NAMED, allowed_operations=[], current_operations={},
                       virtual_allocation='0', physical_utilisation='0',
                       physical_size='0', type='', content_type='',

@@ -11,10 +11,12 @@
 # under the License.
 """``XapiServer``: the listeners, the database and the files, together.
 
-State lives in memory; only the VHD files are on disk, under the root. A
-server restarted over the same root has the same host uuids but knows no
-SR: a client finds its SRs again with ``SR.introduce``, ``PBD.create``
-and ``PBD.plug`` (which scans), as on a host that forgot them.
+The VHD files and the database file (``persist``) are under the root. A
+server restarted over the same root is the same host, with the same
+records, refs and uuids, but no session and no task (``restore``). With
+``forget_srs`` it starts as a host that forgot its SRs: a client finds
+them again with ``SR.probe``, ``SR.introduce``, ``PBD.create`` and
+``PBD.plug`` (which scans).
 
 In pool mode a second listener serves host B, a pool member: a login
 there answers ``HOST_IS_SLAVE`` with the master listener's IP, so clients
@@ -40,7 +42,9 @@ from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import faults as faultsmod
 from xenapinfs_driver.testing.xapi import generic
 from xenapinfs_driver.testing.xapi import hosts
+from xenapinfs_driver.testing.xapi import persist
 from xenapinfs_driver.testing.xapi import plugins as pluginsmod
+from xenapinfs_driver.testing.xapi import restore
 from xenapinfs_driver.testing.xapi import rpc
 from xenapinfs_driver.testing.xapi import schema
 from xenapinfs_driver.testing.xapi import sessions as sessionsmod
@@ -80,12 +84,16 @@ class XapiServer:
     :param sr_size: a quota in bytes per export (reported as the SRs'
         physical size); None for the real file system's.
     :param tls_cert: with tls_key, PEM files: the listeners speak HTTPS.
+    :param forget_srs: start as a host that forgot its SRs (records
+        gone, files kept).
+    :raises persist.CorruptDatabase: the root's database file is not one.
     """
 
     def __init__(self, root: str, username: str = 'root',
                  password: str = '', listen=('127.0.0.1', 0),
                  slave_listen=None, exports=(), sr_size: int | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None):
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 forget_srs: bool = False):
         if bool(tls_cert) != bool(tls_key):
             raise ValueError('tls_cert and tls_key go together')
         self.root = os.path.realpath(root)
@@ -100,10 +108,11 @@ class XapiServer:
         self.calls = faultsmod.CallLog()
         self.plugins = pluginsmod.Plugins(self)
         self.master_address = _address(self.listen[0])
-        self.host_ref, self.member_ref = hosts.seed(
-            self.db, self.root, self.master_address,
-            None if self.slave_listen is None
-            else _address(self.slave_listen[0]))
+        self.store = persist.Store(self.root)
+        self.host_ref, self.member_ref = restore.start(
+            self.db, self.store, self.storage, self.root,
+            self.master_address, None if self.slave_listen is None
+            else _address(self.slave_listen[0]), forget=forget_srs)
         self.host_uuid = self.db.get('host', self.host_ref)['uuid']
         self.db.computed['SR'] = \
             lambda ref, rec: storagemod.sr_stats(self, ref, rec)
