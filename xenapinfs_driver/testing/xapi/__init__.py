@@ -17,8 +17,10 @@ files written with ``xenapinfs_driver.vhd``. It imports only the standard
 library and that package, so it runs anywhere. Modules: ``server``
 (life cycle), ``rpc`` (HTTP and XML-RPC), ``api`` (dispatch, generic
 calls, Async), ``db``/``schema``/``query`` (records and
-``get_all_records_where``), ``sessions`` (login, tasks), ``hosts`` (pool,
-hosts, VBDs), ``storage`` (exports, mounts, space), ``srs`` (SR, PBD),
+``get_all_records_where``), ``persist`` (the database file), ``restore``
+(start and restart, forgotten SRs), ``sessions`` (login, tasks), ``hosts``
+(pool, hosts, VBDs), ``storage`` (exports, mounts, space), ``srs`` (SR,
+PBD), ``probe`` (``SR.probe``),
 ``vdis`` (VDI calls), ``vdifiles`` (scan, garbage collection),
 ``vhdio`` (chains, content replacement), ``transfer`` and ``importer``
 (``/import_raw_vdi``, ``/export_raw_vdi``), ``plugins``

@@ -46,6 +46,7 @@ VDI_SIZE = 79                       # VDISize: VDI Invalid size
 SERVER_PATH_MISSING = 101           # ConfigServerPathMissing
 SERVER_MISSING = 102                # ConfigServerMissing
 SERVER_PATH_BAD = 103               # ConfigServerPathBad
+NFS_TARGET = 108                    # NFSTarget: nothing serves NFS there
 CHAIN_TOO_LONG = 109                # SnapshotChainTooLong
 _BACKEND_TEXT = {
     NFS_MOUNT: 'NFS mount error',
@@ -53,16 +54,22 @@ _BACKEND_TEXT = {
     SERVER_PATH_MISSING: 'The request is missing the serverpath parameter',
     SERVER_MISSING: 'The request is missing the server parameter',
     SERVER_PATH_BAD: 'The serverpath argument is not valid',
+    NFS_TARGET: 'Unable to detect an NFS service on this target.',
     CHAIN_TOO_LONG: 'The snapshot chain is too long',
 }
 
 
-def backend(number: int, opterr: str | None = None) -> XapiError:
-    """``SR_BACKEND_FAILURE_<number>`` as sm's ``XenError`` words it."""
+def backend(number: int, opterr: str | None = None,
+            stderr: str = '') -> XapiError:
+    """``SR_BACKEND_FAILURE_<number>`` as sm's ``XenError`` words it.
+
+    stderr: what the storage manager printed there, which XAPI forwards
+    as the last parameter (an NFS probe's list of exports).
+    """
     text = _BACKEND_TEXT[number]
     if opterr:
         text = '%s [opterr=%s]' % (text, opterr)
-    return XapiError('SR_BACKEND_FAILURE_%d' % number, '', text, '')
+    return XapiError('SR_BACKEND_FAILURE_%d' % number, '', text, stderr)
 
 
 def handle_invalid(cls: str, ref) -> XapiError:

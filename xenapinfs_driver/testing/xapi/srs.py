@@ -20,6 +20,7 @@
   plugged VBD (``VDI_IN_USE [vdi...]``); ``PBD.destroy`` of a plugged PBD
   is ``OPERATION_NOT_ALLOWED ['PBD is currently attached']``.
 * The first plug of an SR scans it, so a re-introduced SR shows its VDIs.
+* ``SR.probe`` answers as sm's NFS driver does (see ``probe``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from xml.sax import saxutils
 
 from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import probe
 from xenapinfs_driver.testing.xapi import storage as storagemod
 from xenapinfs_driver.testing.xapi import vdifiles
 from xenapinfs_driver.testing.xapi import wire
@@ -152,15 +153,7 @@ def sr_probe(call, host: wire.HostRef, device_config: wire.Map,
     call.db.get('host', host)
     if type.lower() != 'nfs':
         raise errors.XapiError('SR_UNKNOWN_DRIVER', type.lower())
-    export = call.server.storage.nfs_dir(device_config)
-    found = sorted(n for n in os.listdir(export)
-                   if storagemod.UUID_RE.match(n) and
-                   os.path.isdir(os.path.join(export, n)))
-    lines = ['<?xml version="1.0" ?>', '<SRlist>']
-    for sr_uuid in found:
-        lines += ['\t<SR>', '\t\t<UUID>%s</UUID>' % saxutils.escape(sr_uuid),
-                  '\t</SR>']
-    return '\n'.join(lines + ['</SRlist>', ''])
+    return probe.srlist(call.server.storage, device_config)
 
 
 def sr_get_supported_types(call):

@@ -46,10 +46,18 @@ class Storage:
         self.exports_root = os.path.join(self.root, 'exports')
         self.mount_root = os.path.join(self.root, 'var', 'run', 'sr-mount')
         self.sr_size = sr_size
+        # What showmount -e would list: the exports this run was given.
+        self.exports = sorted(set(exports))
         os.makedirs(self.mount_root, exist_ok=True)
         os.makedirs(self.exports_root, exist_ok=True)
         for server, path in exports:
             os.makedirs(self.export_dir(server, path), exist_ok=True)
+
+    def serves_nfs(self, server) -> bool:
+        """Whether an NFS server of that name exists (has an export)."""
+        return isinstance(server, str) and bool(_SERVER_RE.match(server)) \
+            and server.strip('.') != '' and \
+            os.path.isdir(os.path.join(self.exports_root, server))
 
     def export_dir(self, server: str, serverpath: str) -> str:
         """Where the export server:serverpath lives (it may not exist)."""
