@@ -113,7 +113,8 @@ class Control:
 
     ``add_fault(method, action='error', **rule)`` returns the rule id;
     ``calls()``, ``clear_calls()``, ``clear_faults()``,
-    ``invalidate_sessions()`` and ``state()`` do what they say.
+    ``invalidate_sessions()``, ``forget_srs()`` and ``state()`` do what
+    they say.
     """
 
     def __init__(self, server_or_url, **kwargs):
@@ -142,6 +143,9 @@ class Control:
 
     def invalidate_sessions(self) -> int:
         return int(self._call('invalidate_sessions'))
+
+    def forget_srs(self) -> int:
+        return int(self._call('forget_srs'))
 
     def state(self) -> dict:
         return self._call('get_state')
