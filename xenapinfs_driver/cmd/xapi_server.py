@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 
+from xenapinfs_driver.testing.xapi import collector
 from xenapinfs_driver.testing.xapi import server as servermod
 
 PROG = 'xenapinfs-xapi-server'
@@ -62,6 +63,18 @@ def _size(text: str) -> int:
     return value
 
 
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a number of seconds: %r'
+                                         % text) from None
+    if not 0 <= value < 86400:
+        raise argparse.ArgumentTypeError('the delay must be between 0 '
+                                         'and 86400 seconds')
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, epilog=EPILOG,
@@ -95,6 +108,15 @@ def parser() -> argparse.ArgumentParser:
                    'database are dropped, the files on the exports stay')
     p.add_argument('--tls-cert', metavar='FILE', help='PEM certificate')
     p.add_argument('--tls-key', metavar='FILE', help='PEM private key')
+    p.add_argument('--gc', choices=collector.MODES, default='auto',
+                   help='auto (default): garbage-collect and coalesce VHD '
+                   'chains in the background, as XenServer\'s storage '
+                   'manager does; off: only when a test asks '
+                   '(testing.gc_run)')
+    p.add_argument('--gc-delay', type=_delay, metavar='SECONDS',
+                   default=collector.DEFAULT_DELAY,
+                   help='how long after a VDI destroy, snapshot, clone or '
+                   'SR scan a pass starts (default %(default)s)')
     p.add_argument('-v', '--verbose', action='store_true',
                    help='log HTTP requests too')
     return p
@@ -126,7 +148,8 @@ def main(argv=None) -> int:
             listen=args.listen, slave_listen=args.slave_listen,
             exports=args.export, sr_size=args.sr_size,
             tls_cert=args.tls_cert, tls_key=args.tls_key,
-            forget_srs=args.forget_srs).start()
+            forget_srs=args.forget_srs, gc=args.gc,
+            gc_delay=args.gc_delay).start()
     except (OSError, ValueError) as exc:
         print('%s: cannot start: %s' % (PROG, exc), file=sys.stderr)
         return 1

@@ -23,7 +23,8 @@ usual ``{'Status', 'Value'}`` shape. Calls to them are not logged in
 ``invalidate_session(ref)``; ``get_state()`` -> counts of records per
 class, the files under the exports (relative to the root) and the SR
 mounts, for leak checks; ``forget_srs()`` -> how many SRs the host
-forgot, as ``--forget-srs`` does at start (see ``restore``).
+forgot, as ``--forget-srs`` does at start (see ``restore``). The garbage
+collector's controls are in ``gcctl``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 
 from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import gcctl
 from xenapinfs_driver.testing.xapi import restore
 from xenapinfs_driver.testing.xapi import wire
 
@@ -85,3 +87,4 @@ def forget_srs(call):
 METHODS = {'testing.%s' % f.__name__: f for f in (
     add_fault, clear_faults, get_faults, get_calls, clear_calls,
     invalidate_sessions, invalidate_session, get_state, forget_srs)}
+METHODS.update(gcctl.METHODS)

@@ -119,7 +119,8 @@ class Plugins:
                 # Only a download writes: anything else fails at once.
                 call.disk_full = False
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            result = dumps(table[plugin][fn](call, args))
+            with self.server.collector.plugin_call():
+                result = dumps(table[plugin][fn](call, args))
         except errors.XapiError:
             raise
         except Exception as exc:    # what XenAPIPlugin.dispatch reports

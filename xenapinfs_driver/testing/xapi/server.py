@@ -36,6 +36,7 @@ import threading
 import time
 
 from xenapinfs_driver.testing.xapi import api
+from xenapinfs_driver.testing.xapi import collector as collectormod
 from xenapinfs_driver.testing.xapi import control
 from xenapinfs_driver.testing.xapi import db as dbmod
 from xenapinfs_driver.testing.xapi import errors
@@ -86,6 +87,9 @@ class XapiServer:
     :param tls_cert: with tls_key, PEM files: the listeners speak HTTPS.
     :param forget_srs: start as a host that forgot its SRs (records
         gone, files kept).
+    :param gc: ``auto``: the storage manager's garbage collector runs
+        gc_delay seconds after the calls that leave work for it; ``off``:
+        only the ``testing.gc_*`` controls run it (see ``collector``).
     :raises persist.CorruptDatabase: the root's database file is not one.
     """
 
@@ -93,7 +97,8 @@ class XapiServer:
                  password: str = '', listen=('127.0.0.1', 0),
                  slave_listen=None, exports=(), sr_size: int | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None,
-                 forget_srs: bool = False):
+                 forget_srs: bool = False, gc: str = 'auto',
+                 gc_delay: float = collectormod.DEFAULT_DELAY):
         if bool(tls_cert) != bool(tls_key):
             raise ValueError('tls_cert and tls_key go together')
         self.root = os.path.realpath(root)
@@ -107,6 +112,7 @@ class XapiServer:
         self.faults = faultsmod.Faults()
         self.calls = faultsmod.CallLog()
         self.plugins = pluginsmod.Plugins(self)
+        self.collector = collectormod.Collector(self, gc, gc_delay)
         self.master_address = _address(self.listen[0])
         self.store = persist.Store(self.root)
         self.host_ref, self.member_ref = restore.start(
@@ -170,6 +176,7 @@ class XapiServer:
     def start(self) -> XapiServer:
         """Bind and serve in background threads; returns self."""
         self._listeners = self._bind(self._ssl_context())
+        self.collector.start()
         for listener in self._listeners:
             thread = threading.Thread(target=listener.serve_forever,
                                       kwargs={'poll_interval': POLL},
@@ -183,6 +190,7 @@ class XapiServer:
 
     def stop(self) -> None:
         """Close the sockets and connections; join every thread."""
+        self.collector.stop(JOIN_TIMEOUT)
         for listener in self._listeners:
             listener.close_all(JOIN_TIMEOUT)
         for thread in self._serving:

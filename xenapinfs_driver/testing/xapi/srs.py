@@ -145,6 +145,7 @@ def sr_destroy(call, sr: wire.SRRef):
 def sr_scan(call, sr: wire.SRRef):
     with call.db.lock:
         vdifiles.scan(call, sr, storagemod.sr_dir(call, sr))
+    call.server.collector.kick(sr)
     return ''
 
 
@@ -201,7 +202,10 @@ def _plug(call, pbd) -> None:
     storage.mount(sr_rec['uuid'], path)
     rec['currently_attached'] = True
     if not others:
+        # What a crash left half done is put right before the scan reads it.
+        call.server.collector.recover(path)
         vdifiles.scan(call, sr, path)
+        call.server.collector.kick(sr)
 
 
 def pbd_plug(call, pbd: wire.PBDRef):

@@ -141,6 +141,7 @@ def vdi_destroy(call, vdi: wire.VDIRef):
         vdifiles.drop_record(db, vdi)
         vdifiles.collect_garbage(db, rec['SR'], os.path.dirname(path),
                                  parent)
+    call.server.collector.kick(rec['SR'])
     return ''
 
 
@@ -184,6 +185,7 @@ def _snapshot(call, vdi, clone: bool) -> str:
             fields.update(snapshot_of=vdi, snapshot_time=schema.now())
         ref = db.create('VDI', fields)
         vdifiles.refresh(db, ref, new)
+        call.server.collector.kick(rec['SR'])
         return ref
 
 
