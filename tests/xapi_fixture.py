@@ -114,7 +114,8 @@ class Control:
     ``add_fault(method, action='error', **rule)`` returns the rule id;
     ``calls()``, ``clear_calls()``, ``clear_faults()``,
     ``invalidate_sessions()``, ``forget_srs()`` and ``state()`` do what
-    they say.
+    they say; the ``gc_*`` methods drive the garbage collector (see
+    ``gcctl``).
     """
 
     def __init__(self, server_or_url, **kwargs):
@@ -149,3 +150,29 @@ class Control:
 
     def state(self) -> dict:
         return self._call('get_state')
+
+    def gc_run(self, sr: str = '', timeout: float = 30.0) -> bool:
+        """A garbage collection pass now (all SRs if no sr); True once
+        nothing is left to do, False if that takes longer than timeout."""
+        return self._call('gc_run', sr, str(timeout)) == 'true'
+
+    def gc_wait(self, timeout: float = 30.0) -> bool:
+        return self._call('gc_wait', str(timeout)) == 'true'
+
+    def gc_freeze(self) -> None:
+        self._call('gc_freeze')
+
+    def gc_unfreeze(self) -> None:
+        self._call('gc_unfreeze')
+
+    def gc_pause_at(self, *steps) -> None:
+        self._call('gc_pause_at', list(steps))
+
+    def gc_wait_paused(self, timeout: float = 30.0) -> str:
+        return self._call('gc_wait_paused', str(timeout))
+
+    def gc_resume(self) -> None:
+        self._call('gc_resume')
+
+    def gc_status(self) -> dict:
+        return self._call('gc_status')
