@@ -35,8 +35,8 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Action:
     kind: str                   # 'garbage', 'coalesce' or 'leaf'
-    uuid: str                   # the VHD removed (garbage, coalesce) or
-                                # the leaf coalesced
+    # The VHD removed (garbage, coalesce) or the leaf coalesced.
+    uuid: str
     parent: str | None = None
     children: tuple = ()        # re-linked by a coalesce
 
