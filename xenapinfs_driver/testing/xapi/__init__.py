@@ -24,8 +24,10 @@ PBD), ``probe`` (``SR.probe``),
 ``vdis`` (VDI calls), ``vdifiles`` (scan, garbage collection),
 ``vhdio`` (chains, content replacement), ``transfer`` and ``importer``
 (``/import_raw_vdi``, ``/export_raw_vdi``), ``plugins``
-(``host.call_plugin``), ``faults`` and ``control`` (test-only fault
-injection), ``errors`` (failure codes).
+(``host.call_plugin``), ``collector``, ``gcplan`` and ``coalesce``
+(the storage manager's background garbage collector), ``faults``,
+``control`` and ``gcctl`` (test-only fault injection and controls),
+``errors`` (failure codes).
 """
 
 from xenapinfs_driver.testing.xapi.server import XapiServer  # noqa: F401

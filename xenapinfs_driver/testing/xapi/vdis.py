@@ -16,8 +16,9 @@
   parent under a new uuid (a ``managed`` False "base copy" record); the
   VDI's uuid and ref stay, as a new empty child of it; the new VDI is
   another child. Both carry ``sm_config['vhd-parent']``.
-* ``destroy`` removes the file, then, like XenServer's garbage collector,
-  each hidden ancestor that no file uses any more (see ``vdifiles``).
+* ``destroy`` removes the file, then each hidden ancestor that no file
+  uses any more (see ``vdifiles``). Destroy, snapshot and clone then kick
+  the background garbage collector (``collector``), which coalesces.
 * Long work (``copy``, HTTP import and export) runs outside the server
   lock; the VDI's ``current_operations`` then holds the operation, and a
   conflicting call fails with ``OTHER_OPERATION_IN_PROGRESS``.
