@@ -52,10 +52,12 @@ def _build(vols, leaf: bool):
     vols.destroy(first)
 
 
+@pytest.mark.parametrize('forget', [False, True],
+                         ids=['restarted', 'forgotten'])
 @pytest.mark.parametrize('step,leaf', [
     ('copied', False), ('installed', False), ('relinked', False),
     ('leaf-copied', True), ('leaf-installed', True)])
-def test_sigkill_mid_coalesce(tmp_path, step, leaf):
+def test_sigkill_mid_coalesce(tmp_path, step, leaf, forget):
     pwfile = tmp_path / 'pw'
     pwfile.write_text(xapi_fixture.PASSWORD + '\n')
     root = tmp_path / 'root'
@@ -81,15 +83,21 @@ def test_sigkill_mid_coalesce(tmp_path, step, leaf):
     for uuid, depth in vols.check().items():
         assert depth in (depths[uuid], depths[uuid] - 1), (uuid, depth)
 
-    # A new server over the root: the plug puts the step right.
-    with xapi_fixture.running_server(str(root), gc='off') as server:
+    # A new server over the root puts the step right before it serves:
+    # a restarted host at start (its SR comes back plugged from the
+    # database), a host that forgot the SR at the first plug.
+    with xapi_fixture.running_server(str(root), gc='off',
+                                     forget_srs=forget) as server:
         session = xapi_fixture.login(server)
         x = session.xenapi
-        sr = x.SR.introduce(sr_uuid, '', '', 'nfs', '', False, {})
-        pbd = x.PBD.create({'host': x.session.get_this_host(session.handle),
-                            'SR': sr,
-                            'device_config': xapi_fixture.DEVICE_CONFIG})
-        x.PBD.plug(pbd)
+        if forget:
+            sr = x.SR.introduce(sr_uuid, '', '', 'nfs', '', False, {})
+            pbd = x.PBD.create({
+                'host': x.session.get_this_host(session.handle), 'SR': sr,
+                'device_config': xapi_fixture.DEVICE_CONFIG})
+            x.PBD.plug(pbd)
+        else:
+            sr = x.SR.get_by_uuid(sr_uuid)
         assert sorted(n for n in os.listdir(vols.dir)
                       if n.startswith('.')) == [], 'leftovers'
         for uuid in vols.model:

@@ -120,6 +120,26 @@ class Collector:
         return coalesce.recover(sr_dir, lambda u: vdifiles.children(
             sr_dir, u))
 
+    def repair_plugged(self) -> None:
+        """Put right what a crash left half done in every plugged SR.
+
+        A restarted server's SRs come back plugged from its database, so
+        the repair that a first plug runs never would: do it at start,
+        before anyone is served, then let a pass go on from there. The
+        scan runs whatever the repair did, as a host's boot-time plug
+        does: a step killed after its files changed but before its
+        records were committed (the database is written when the server
+        lock is let go) left records that only a scan puts right.
+        """
+        with self.db.lock:
+            for sr in self.db.refs('SR'):
+                sr_dir = self._sr_dir(sr)
+                if sr_dir is None:
+                    continue
+                self.recover(sr_dir)
+                vdifiles.scan(_Ctx(self.db), sr, sr_dir)
+                self.kick(sr)
+
     # -- controls -----------------------------------------------------------
 
     def run(self, srs, timeout: float) -> bool:

@@ -27,6 +27,7 @@ steps done. Timeouts are in seconds, as strings or numbers.
 from __future__ import annotations
 
 from xenapinfs_driver.testing.xapi import errors
+from xenapinfs_driver.testing.xapi import wire
 
 
 def _seconds(value) -> float:
@@ -37,7 +38,7 @@ def _seconds(value) -> float:
                                str(value)) from None
 
 
-def gc_run(call, sr='', timeout='30'):
+def gc_run(call, sr: wire.String = '', timeout: wire.String = '30'):
     db = call.db
     with db.lock:
         if sr:
@@ -50,7 +51,7 @@ def gc_run(call, sr='', timeout='30'):
     return 'true' if ok else 'false'
 
 
-def gc_wait(call, timeout='30'):
+def gc_wait(call, timeout: wire.String = '30'):
     ok = call.server.collector.wait_idle(_seconds(timeout))
     return 'true' if ok else 'false'
 
@@ -65,9 +66,7 @@ def gc_unfreeze(call):
     return ''
 
 
-def gc_pause_at(call, steps):
-    if isinstance(steps, str):
-        steps = [steps]
+def gc_pause_at(call, steps: wire.Set(wire.String)):
     try:
         call.server.collector.pause_at(steps)
     except (TypeError, ValueError) as exc:
@@ -75,7 +74,7 @@ def gc_pause_at(call, steps):
     return ''
 
 
-def gc_wait_paused(call, timeout='30'):
+def gc_wait_paused(call, timeout: wire.String = '30'):
     return call.server.collector.wait_paused(_seconds(timeout)) or ''
 
 

@@ -176,6 +176,7 @@ class XapiServer:
     def start(self) -> XapiServer:
         """Bind and serve in background threads; returns self."""
         self._listeners = self._bind(self._ssl_context())
+        self.collector.repair_plugged()
         self.collector.start()
         for listener in self._listeners:
             thread = threading.Thread(target=listener.serve_forever,
