@@ -210,6 +210,10 @@ class XenAPISession:
     :param ca_bundle: a CA file for the host's certificate.
     :param max_connections: how many calls may run at once.
     :param xenapi: the ``XenAPI`` module (tests may pass another).
+    :param sleep: how to wait ``seconds``; kept as the public attribute
+        :attr:`sleep`, through which every pause of this layer (backoffs,
+        task polls, the search for a lost call's work) goes, so that tests
+        pass a recorder and never really wait.
     """
 
     api_version = '2.0'
@@ -238,7 +242,7 @@ class XenAPISession:
         self.max_connections = max(1, int(max_connections))
         self.secrets = {password} if password else set()
         self.ssl_context = self._ssl_context(verify, ca_bundle)
-        self._sleep = sleep
+        self.sleep = sleep
         self._idle = queue.LifoQueue()
         self._all = []
         self._slots = 0
@@ -409,7 +413,7 @@ class XenAPISession:
                     '(%(err)s); retrying in %(delay).1f s.',
                     {'method': method, 'url': self.url, 'delay': delay,
                      'err': scrub(getattr(exc, 'cause', exc), self.secrets)})
-        self._sleep(delay)
+        self.sleep(delay)
 
     def _convert(self, method, details, secrets=()):
         hidden = self.secrets | set(secrets)
@@ -452,7 +456,7 @@ class XenAPISession:
                       for rec in self._lost(method).values()):
                 if time.monotonic() > deadline:
                     return
-                self._sleep(delay)
+                self.sleep(delay)
                 delay = min(delay * 2, 2.0)
         except exception.XenAPINFSException as exc:
             LOG.warning('Cannot list the tasks of %(m)s: %(err)s',
@@ -514,7 +518,7 @@ class XenAPISession:
                     raise
                 LOG.warning('Polling the task of %(what)s failed (%(err)s); '
                             'polling again.', {'what': what, 'err': exc})
-                self._sleep(0.05 * 2 ** attempt)
+                self.sleep(0.05 * 2 ** attempt)
 
     def wait_task(self, task, method, timeout=3600.0, poll=0.5, secrets=()):
         """Poll ``task`` until it ends; return its result or raise."""
@@ -536,7 +540,7 @@ class XenAPISession:
                 raise exception.XenAPIConnectionError(
                     url=self.url, method=method,
                     reason='no answer after %d s' % timeout)
-            self._sleep(delay)
+            self.sleep(delay)
             delay = min(delay * 2, poll)
 
     def http_connection(self, timeout=None):

@@ -441,7 +441,7 @@ def _reclaim(session, what, find, undo, wait):
             cleanup('%s of %s' % (ref, what), undo, session, ref)
         if found or time.monotonic() >= deadline:
             return found
-        session._sleep(delay)
+        session.sleep(delay)
         delay = min(delay * 2, 2.0)
 
 

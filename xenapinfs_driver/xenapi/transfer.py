@@ -91,7 +91,7 @@ def _settled(session, held, task, what):
         rec = session.task_record(task, what, held.call)
         if rec.get('status') != 'pending' or waited > session.timeout:
             return rec
-        session._sleep(delay)
+        session.sleep(delay)
         waited += delay
         delay = min(delay * 2, 1.0)
 

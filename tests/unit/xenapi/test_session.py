@@ -88,14 +88,14 @@ def test_refused_connection_retries_with_backoff_then_fails():
                      retry_interval=0.5)
     with pytest.raises(exception.XenAPIConnectionError) as err:
         s.connect()
-    assert s._sleep == [0.5, 1.0, 2.0]
+    assert s.sleep == [0.5, 1.0, 2.0]
     assert 'session.login_with_password' in str(err.value)
 
 
 def test_dropped_read_is_retried(session, control):
     control.add_fault('pool.get_all', 'drop', times=2)
     assert session.call('pool.get_all')
-    assert len(session._sleep) == 2
+    assert len(session.sleep) == 2
 
 
 @pytest.mark.parametrize('action', ['drop', 'drop_after'])
@@ -107,7 +107,7 @@ def test_dropped_write_is_not_sent_twice(session, control, action):
         session.call('VDI.create', _vdi_record(sr))
     assert 'VDI.create' in str(err.value)
     assert control.calls().count('VDI.create') == 1
-    assert session._sleep == []
+    assert session.sleep == []
     # the session still works afterwards
     assert session.call('pool.get_all')
 
@@ -119,7 +119,7 @@ def test_timeout_on_a_write_is_an_error_not_a_hang(xapi_server, control):
         control.add_fault('VDI.create', 'delay', seconds=2)
         with pytest.raises(exception.XenAPIConnectionError):
             s.call('VDI.create', _vdi_record(sr))
-        assert s._sleep == []
+        assert s.sleep == []
     finally:
         s.close()
 
