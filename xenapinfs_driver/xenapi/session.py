@@ -29,9 +29,8 @@ What it adds to ``XenAPI.Session``:
 * Failures converted once, here, into :mod:`xenapinfs_driver.exception`.
   A connection error tells whether the call may have been done anyway
   (``sent``) or is maybe still running (``timed_out``), for callers that
-  undo what a call with a lost answer made. Polls of a task survive a
-  failed poll; when the answer to an ``Async.`` call is lost, its task is
-  let end before the error is raised.
+  undo what a call with a lost answer made. Tasks (``Async.`` calls, and
+  what is done when their answer is lost) are :mod:`.tasks`' job.
 * Arguments checked before they leave: no ``None`` (XAPI refuses it), and
   integers sent as decimal strings, as XAPI's ``int`` type travels.
 
@@ -53,6 +52,7 @@ from oslo_log import log as logging
 from oslo_utils import importutils
 
 from xenapinfs_driver import exception
+from xenapinfs_driver.xenapi import tasks
 
 LOG = logging.getLogger(__name__)
 
@@ -287,15 +287,15 @@ class XenAPISession:
                              'the pool master at %(new)s.',
                              {'old': self.url, 'new': master})
                     if master == self.url:
-                        raise self._convert('session.login_with_password',
-                                            details)
+                        raise self.failure('session.login_with_password',
+                                           details)
                     self.url = master
                     continue
                 if details and details[0] == 'SESSION_AUTHENTICATION_FAILED':
                     raise exception.XenAPIAuthenticationError(
                         url=self.url, user=self.username,
                         reason=scrub(details, self.secrets))
-                raise self._convert('session.login_with_password', details)
+                raise self.failure('session.login_with_password', details)
             except (_NotSent,) + _AMBIGUOUS as exc:
                 conn.transport.close()
                 if isinstance(exc, ssl.SSLError) or attempt >= self.retries:
@@ -385,7 +385,7 @@ class XenAPISession:
             try:
                 return conn.request(method, args)
             except self.xenapi.Failure as exc:
-                raise self._convert(method, exc.details, secrets)
+                raise self.failure(method, exc.details, secrets)
             except xmlrpc.client.Fault as exc:
                 # The client library's own errors: a session it could not
                 # renew, or an answer without Status.
@@ -415,133 +415,23 @@ class XenAPISession:
                      'err': scrub(getattr(exc, 'cause', exc), self.secrets)})
         self.sleep(delay)
 
-    def _convert(self, method, details, secrets=()):
+    def failure(self, method, details, secrets=()):
+        """Our error for the host's failure ``details``, secrets hidden."""
         hidden = self.secrets | set(secrets)
         return exception.XenAPIError(
             method, [scrub(d, hidden) for d in (details or [])])
 
     def call_async(self, method, *args, timeout=3600.0, poll=0.5,
                    secrets=()):
-        """Run ``Async.<method>`` and wait for its task.
-
-        Long work (copies, plugin transfers) must not hang on one socket
-        read: the task is polled with short calls, cancelled on timeout,
-        and always destroyed.
-        """
-        try:
-            task = self.call('Async.' + method, *args, secrets=secrets)
-        except exception.XenAPIConnectionError as exc:
-            if exc.sent:
-                # Its answer lost, the task may run on: let it end, so
-                # that the caller can undo what it made (and
-                # forget_lost_tasks tell it by its result).
-                self._wait_lost(method)
-            raise
-        try:
-            return self.wait_task(task, method, timeout, poll, secrets)
-        finally:
-            self.destroy_task(task, method)
-
-    def _lost(self, method):
-        return self.call('task.get_all_records_where',
-                         'field "name__label"="Async.%s"' % method)
-
-    def _wait_lost(self, method):
-        """Wait (one timeout at most) until no ``Async.<method>`` task is
-        pending; the one whose answer was lost is among them, if any."""
-        deadline = time.monotonic() + self.timeout
-        delay = 0.05
-        try:
-            while any(rec.get('status') == 'pending'
-                      for rec in self._lost(method).values()):
-                if time.monotonic() > deadline:
-                    return
-                self.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        except exception.XenAPINFSException as exc:
-            LOG.warning('Cannot list the tasks of %(m)s: %(err)s',
-                        {'m': method, 'err': exc})
+        """Run ``Async.<method>`` and wait for its task (see
+        :func:`.tasks.call_async`)."""
+        return tasks.call_async(self, method, *args, timeout=timeout,
+                                poll=poll, secrets=secrets)
 
     def forget_lost_tasks(self, method, tokens):
-        """Destroy ended ``Async.<method>`` tasks whose result names one
-        of ``tokens`` (what the caller found its lost call made): the
-        task of a call whose answer was lost has nobody else to."""
-        try:
-            tasks = self._lost(method)
-        except exception.XenAPINFSException as exc:
-            LOG.warning('Cannot list the tasks of %(m)s: %(err)s',
-                        {'m': method, 'err': exc})
-            return
-        for task, rec in tasks.items():
-            if rec.get('status') != 'pending' and any(
-                    t in (rec.get('result') or '') for t in tokens):
-                self.destroy_task(task, method)
-
-    def destroy_task(self, task, what, call=None):
-        """Destroy ``task`` (of ``what``); never raise.
-
-        NOTE: tried twice, as any cleanup: one dropped connection must not
-        leave the task behind (XAPI reclaims finished tasks only after an
-        hour, pending ones after a day).
-        """
-        call = call or self.call
-        for attempt in range(2):
-            try:
-                call('task.destroy', task)
-                return
-            except exception.XenAPIError as exc:
-                if exc.error == 'HANDLE_INVALID':
-                    return      # the first attempt did it
-                err = exc
-            except exception.XenAPINFSException as exc:
-                err = exc
-        LOG.warning('task.destroy after %(what)s failed: %(err)s',
-                    {'what': what, 'err': err})
-
-    def task_record(self, task, what, call=None):
-        """``task``'s record, polled: a failed poll is asked again.
-
-        NOTE: a failed poll changes nothing, while giving up on a task
-        that runs on leaves its work (a new VDI, files in the SR) with
-        nobody to clean it up. So a poll is tried ``POLL_ATTEMPTS``
-        times, unless the task is gone. ``call``: the session's, or a
-        held connection's.
-        """
-        call = call or self.call
-        for attempt in range(self.POLL_ATTEMPTS):
-            try:
-                return call('task.get_record', task)
-            except exception.XenAPINFSException as exc:
-                gone = isinstance(exc, exception.XenAPIError) and \
-                    exc.error == 'HANDLE_INVALID'
-                if gone or attempt == self.POLL_ATTEMPTS - 1:
-                    raise
-                LOG.warning('Polling the task of %(what)s failed (%(err)s); '
-                            'polling again.', {'what': what, 'err': exc})
-                self.sleep(0.05 * 2 ** attempt)
-
-    def wait_task(self, task, method, timeout=3600.0, poll=0.5, secrets=()):
-        """Poll ``task`` until it ends; return its result or raise."""
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            rec = self.task_record(task, method)
-            status = rec.get('status')
-            if status == 'success':
-                return parse_task_result(rec.get('result', ''))
-            if status in ('failure', 'cancelled'):
-                raise self._convert(method, rec.get('error_info') or
-                                    ['TASK_' + status.upper()], secrets)
-            if time.monotonic() > deadline:
-                try:
-                    self.call('task.cancel', task)
-                except exception.XenAPINFSException:
-                    pass
-                raise exception.XenAPIConnectionError(
-                    url=self.url, method=method,
-                    reason='no answer after %d s' % timeout)
-            self.sleep(delay)
-            delay = min(delay * 2, poll)
+        """Destroy the ended tasks of lost ``Async.<method>`` calls whose
+        result names one of ``tokens`` (see :func:`.tasks.forget_lost`)."""
+        tasks.forget_lost(self, method, tokens)
 
     def http_connection(self, timeout=None):
         """A new HTTP(S) connection to the master, for XAPI's handlers."""
@@ -568,9 +458,6 @@ class _Borrowed:
     def call(self, method, *args, secrets=()):
         return self._session._request(self._conn, method, args, secrets)
 
-    def destroy_task(self, task, what):
-        self._session.destroy_task(task, what, self.call)
-
 
 def master_url(url, address):
     """``url`` with its host replaced by ``address``, scheme and port kept."""
@@ -581,16 +468,3 @@ def master_url(url, address):
     netloc = host if parts.port is None else '%s:%d' % (host, parts.port)
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
                                     parts.query, parts.fragment)).rstrip('/')
-
-
-def parse_task_result(text):
-    """Decode a task's ``result``: an XML-RPC ``<value>`` as a string."""
-    if not text:
-        return ''
-    body = ('<?xml version="1.0"?><methodResponse><params><param>%s'
-            '</param></params></methodResponse>' % text)
-    try:
-        return xmlrpc.client.loads(body)[0][0]
-    except Exception:
-        # Some XAPI versions return a bare value, not wrapped in <value>.
-        return text

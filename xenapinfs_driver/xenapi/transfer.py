@@ -23,13 +23,9 @@ import contextlib
 import http.client
 import shutil
 import urllib.parse
-import uuid
-
-from oslo_log import log as logging
 
 from xenapinfs_driver import exception
-
-LOG = logging.getLogger(__name__)
+from xenapinfs_driver.xenapi import tasks
 
 CHUNK = 1 << 20
 FORMATS = ('raw', 'vhd')
@@ -48,52 +44,20 @@ def _check_format(fmt):
             reason='unknown transfer format %r (raw or vhd)' % fmt)
 
 
-@contextlib.contextmanager
-def _task(held, label):
-    # A description of its own tells the task apart, should the answer to
-    # task.create be lost: nobody else would destroy it.
-    mark = 'xenapinfs-driver transfer %s' % uuid.uuid4()
-    try:
-        task = held.call('task.create', label, mark)
-    except exception.XenAPIConnectionError as exc:
-        if exc.sent:
-            try:
-                lost = held.call('task.get_all_records_where',
-                                 'field "name__description"="%s"' % mark)
-            except exception.XenAPINFSException as err:
-                LOG.warning('Cannot look for the task of %(label)s: '
-                            '%(err)s', {'label': label, 'err': err})
-                lost = {}
-            for task in lost:
-                held.destroy_task(task, label)
-        raise
-    try:
-        yield task
-    finally:
-        held.destroy_task(task, label)
-
-
 def _finish(session, held, task, what, status, reason):
     """Raise unless both the HTTP answer and the task say success."""
-    rec = _settled(session, held, task, what)
-    if rec.get('status') == 'failure':
-        raise exception.XenAPIError(what, rec.get('error_info') or
-                                    ['TASK_FAILURE'])
+    _raise_if_failed(session, held, task, what)
     if status != 200:
         raise exception.ImageTransferError(
             reason='%s answered HTTP %d %s' % (what, status, reason))
 
 
-def _settled(session, held, task, what):
-    """The task's record once it has left ``pending`` (bounded wait)."""
-    delay, waited = 0.02, 0.0
-    while True:
-        rec = session.task_record(task, what, held.call)
-        if rec.get('status') != 'pending' or waited > session.timeout:
-            return rec
-        session.sleep(delay)
-        waited += delay
-        delay = min(delay * 2, 1.0)
+def _raise_if_failed(session, held, task, what):
+    """Once the task has ended, raise the failure it reports, if any."""
+    rec = tasks.settled(session, task, what, held.call)
+    if rec.get('status') == 'failure':
+        raise exception.XenAPIError(what, rec.get('error_info') or
+                                    ['TASK_FAILURE'])
 
 
 def import_vdi(session, vdi_ref, source, length, fmt='vhd', progress=None):
@@ -104,7 +68,8 @@ def import_vdi(session, vdi_ref, source, length, fmt='vhd', progress=None):
     """
     _check_format(fmt)
     what = 'PUT /import_raw_vdi'
-    with session.borrow() as held, _task(held, 'import_raw_vdi') as task:
+    with session.borrow() as held, tasks.created(
+            session, 'import_raw_vdi', held.call) as task:
         conn = session.http_connection()
         try:
             conn.putrequest('PUT', _path('import_raw_vdi', held.handle,
@@ -127,25 +92,18 @@ def import_vdi(session, vdi_ref, source, length, fmt='vhd', progress=None):
         except (OSError, http.client.HTTPException) as exc:
             # The host may still report why it hung up: ask the task.
             conn.close()
-            _finish_after_error(session, held, task, what)
+            _raise_if_failed(session, held, task, what)
             raise exception.XenAPIConnectionError(url=session.url,
                                                   method=what, reason=exc)
         except BaseException:
             # Our side gave up (a short or failing source): hang up, and
             # let the host notice before the caller touches the VDI again.
             conn.close()
-            _settled(session, held, task, what)
+            tasks.settled(session, task, what, held.call)
             raise
         finally:
             conn.close()
         _finish(session, held, task, what, resp.status, resp.reason)
-
-
-def _finish_after_error(session, held, task, what):
-    rec = _settled(session, held, task, what)
-    if rec.get('status') == 'failure':
-        raise exception.XenAPIError(what, rec.get('error_info') or
-                                    ['TASK_FAILURE'])
 
 
 class _Reader:
@@ -173,7 +131,8 @@ def export_vdi(session, vdi_ref, fmt='vhd'):
     """
     _check_format(fmt)
     what = 'GET /export_raw_vdi'
-    with session.borrow() as held, _task(held, 'export_raw_vdi') as task:
+    with session.borrow() as held, tasks.created(
+            session, 'export_raw_vdi', held.call) as task:
         conn = session.http_connection()
         try:
             try:
@@ -181,7 +140,7 @@ def export_vdi(session, vdi_ref, fmt='vhd'):
                                           task, vdi_ref, fmt))
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                _finish_after_error(session, held, task, what)
+                _raise_if_failed(session, held, task, what)
                 raise exception.XenAPIConnectionError(
                     url=session.url, method=what, reason=exc)
             if resp.status != 200:

@@ -3,6 +3,7 @@
 import pytest
 
 from xenapinfs_driver.xenapi import session
+from xenapinfs_driver.xenapi import tasks
 
 
 def test_ints_become_strings_bools_stay():
@@ -43,7 +44,7 @@ def test_scrub():
 
 
 def test_task_result():
-    assert session.parse_task_result('<value>OpaqueRef:1</value>') == \
+    assert tasks.parse_result('<value>OpaqueRef:1</value>') == \
         'OpaqueRef:1'
-    assert session.parse_task_result('') == ''
-    assert session.parse_task_result('plain') == 'plain'
+    assert tasks.parse_result('') == ''
+    assert tasks.parse_result('plain') == 'plain'
