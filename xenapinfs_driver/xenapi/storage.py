@@ -18,44 +18,36 @@ XenAPI idioms used here, once:
 * ``get_all_records_where`` finds objects in one call and without the race
   of ``get_all`` followed by ``get_record`` on objects that may vanish.
 * ``UUID_INVALID`` and ``HANDLE_INVALID`` mean "gone": deleting something
-  already gone is success.
+  already gone is success (:func:`.recovery.is_gone`).
 * An NFS SR is one directory ``<serverpath>/<sr_uuid>`` on the export, one
   ``<vdi_uuid>.vhd`` per VDI. A host knows an SR through its record and a
   plugged PBD; ``SR.introduce`` + ``PBD.create`` + ``PBD.plug`` make a host
   that forgot it know it again, files untouched.
 * Snapshots and clones on a file SR are copy-on-write: the data moves to a
   hidden parent, and ``sm_config['vhd-parent']`` names it.
-* A call whose answer is lost (the connection broke after the request went
-  out, or timed out) may still have been done. Calls that make a VDI or an
-  SR are followed by a search for what they would have made, which is
-  undone (:func:`_reclaim_lost`); a new VDI can be told by its name and
-  its ``other_config`` (a snapshot or clone has those of its source until
-  it is renamed).
-* Cleanup (destroying what a failed operation made, forgetting an SR
-  attached for one operation) is idempotent and tried twice, so that one
-  dropped connection or passing error does not leave it behind for good.
+* What failed or whose answer was lost is undone by :mod:`.recovery`'s
+  rules; the finders here say what a lost call would have made: a new VDI
+  can be told by its name and its ``other_config`` (a snapshot or clone
+  has those of its source until it is renamed).
 """
 
 import contextlib
 import re
-import time
 import uuid as uuidlib
 
 from oslo_log import log as logging
 
 from xenapinfs_driver import exception
+from xenapinfs_driver.xenapi import recovery
 
 LOG = logging.getLogger(__name__)
 
 # other_config key marking the SR a backend owns, so a restart finds it.
 TAG_KEY = 'xenapinfs-driver-backend'
-GONE = ('UUID_INVALID', 'HANDLE_INVALID', 'VDI_MISSING')
 VDI_BLOCK = 2 * 1024 * 1024  # a file SR's VHDs grow by 2 MiB blocks
-CLEANUP_ATTEMPTS = 2
 
-
-def is_gone(exc):
-    return isinstance(exc, exception.XenAPIError) and exc.error in GONE
+# The callers' name for the cleanup rule, which recovery owns.
+cleanup = recovery.cleanup
 
 
 def _query(**fields):
@@ -81,7 +73,7 @@ def sr_by_uuid(session, sr_uuid):
     try:
         return session.call('SR.get_by_uuid', sr_uuid)
     except exception.XenAPIError as exc:
-        if is_gone(exc):
+        if recovery.is_gone(exc):
             return None
         raise
 
@@ -97,14 +89,14 @@ def create_nfs_sr(session, server, serverpath, name, tag):
                              _query(type='nfs', name__label=name))
         return [ref for ref, rec in found.items()
                 if TAG_KEY not in rec.get('other_config', {})]
-    with _reclaim_lost(session, 'SR.create', made, forget_sr):
+    with recovery.reclaim_lost(session, 'SR.create', made, forget_sr):
         sr = session.call('SR.create', session.host_ref, device, '0', name,
                           'Cinder volumes (xenapinfs-driver)', 'nfs',
                           'user', True, {})
     try:
         session.call('SR.add_to_other_config', sr, TAG_KEY, tag)
     except exception.XenAPINFSException:
-        cleanup('SR %s' % sr, forget_sr, session, sr)
+        recovery.cleanup('SR %s' % sr, forget_sr, session, sr)
         raise
     LOG.info('Created NFS SR %(sr)s on %(server)s:%(path)s for %(tag)s.',
              {'sr': session.call('SR.get_uuid', sr), 'server': server,
@@ -121,7 +113,7 @@ def introduce_nfs_sr(session, sr_uuid, server, serverpath, name=''):
     def made():
         sr = sr_by_uuid(session, sr_uuid)
         return [sr] if sr else []
-    with _reclaim_lost(session, 'SR.introduce', made, forget_sr):
+    with recovery.reclaim_lost(session, 'SR.introduce', made, forget_sr):
         sr = session.call('SR.introduce', sr_uuid, name or sr_uuid,
                           'Cinder volumes (xenapinfs-driver)', 'nfs',
                           'user', True, {})
@@ -129,7 +121,7 @@ def introduce_nfs_sr(session, sr_uuid, server, serverpath, name=''):
         plug_sr(session, sr, server, serverpath)
         session.call('SR.scan', sr)
     except exception.XenAPINFSException:
-        cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
+        recovery.cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
         raise
     return sr
 
@@ -150,7 +142,8 @@ def plug_sr(session, sr, server, serverpath):
     try:
         session.call('PBD.plug', pbd)
     except exception.XenAPINFSException:
-        cleanup('PBD %s' % pbd, _unless_gone, session, 'PBD.destroy', pbd)
+        recovery.cleanup('PBD %s' % pbd, recovery.unless_gone, session,
+                         'PBD.destroy', pbd)
         raise
     return pbd
 
@@ -161,27 +154,14 @@ def forget_sr(session, sr):
     An SR (or PBD) already gone counts as done, so that a second attempt
     after a lost answer succeeds.
     """
-    pbds = _unless_gone(session, 'SR.get_PBDs', sr)
-    if pbds is _GONE:
+    pbds = recovery.unless_gone(session, 'SR.get_PBDs', sr)
+    if pbds is recovery.GONE:
         return
     for pbd in pbds:
-        rec = _unless_gone(session, 'PBD.get_record', pbd)
-        if rec is not _GONE and rec.get('currently_attached'):
+        rec = recovery.unless_gone(session, 'PBD.get_record', pbd)
+        if rec is not recovery.GONE and rec.get('currently_attached'):
             session.call('PBD.unplug', pbd)
-    _unless_gone(session, 'SR.forget', sr)
-
-
-_GONE = object()
-
-
-def _unless_gone(session, method, ref):
-    """``method`` of ``ref``, or ``_GONE`` if ``ref`` was already gone."""
-    try:
-        return session.call(method, ref)
-    except exception.XenAPIError as exc:
-        if is_gone(exc):
-            return _GONE
-        raise
+    recovery.unless_gone(session, 'SR.forget', sr)
 
 
 def find_or_create_nfs_sr(session, server, serverpath, tag, name,
@@ -228,7 +208,7 @@ def attached_sr(session, sr_uuid, server, serverpath):
     try:
         yield sr
     finally:
-        cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
+        recovery.cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
 
 
 def sr_capacity(session, sr):
@@ -251,7 +231,7 @@ def vdi_by_uuid(session, vdi_uuid):
     try:
         return session.call('VDI.get_by_uuid', vdi_uuid)
     except exception.XenAPIError as exc:
-        if is_gone(exc):
+        if recovery.is_gone(exc):
             return None
         raise
 
@@ -265,13 +245,13 @@ def create_vdi(session, sr, size, name, description='', other_config=None):
     marks = dict(other_config or {})
     made = _lookalikes(session, sr, name, marks) if marks else \
         (lambda: [])
-    with _reclaim_lost(session, 'VDI.create', made):
+    with recovery.reclaim_lost(session, 'VDI.create', made):
         ref = session.call('VDI.create', {
             'name_label': name, 'name_description': description, 'SR': sr,
             'virtual_size': str(int(size)), 'type': 'user',
             'sharable': False, 'read_only': False, 'other_config': marks,
             'xenstore_data': {}, 'sm_config': {}, 'tags': []})
-    with _undo_on_error(session, ref):
+    with recovery.undo_on_error(session, ref):
         return ref, session.call('VDI.get_uuid', ref)
 
 
@@ -283,7 +263,7 @@ def destroy_vdi(session, vdi_uuid):
     try:
         session.call('VDI.destroy', ref)
     except exception.XenAPIError as exc:
-        if is_gone(exc):
+        if recovery.is_gone(exc):
             return False
         raise
     return True
@@ -296,18 +276,20 @@ def _labelled(session, ref, name, description):
 
 def snapshot_vdi(session, ref, name, description=''):
     """A copy-on-write snapshot of ``ref``; returns ``(ref, uuid)``."""
-    with _reclaim_lost(session, 'VDI.snapshot', _copies_of(session, ref)):
+    with recovery.reclaim_lost(session, 'VDI.snapshot',
+                               _copies_of(session, ref)):
         snap = session.call('VDI.snapshot', ref, {})
-    with _undo_on_error(session, snap):
+    with recovery.undo_on_error(session, snap):
         _labelled(session, snap, name, description)
         return snap, session.call('VDI.get_uuid', snap)
 
 
 def clone_vdi(session, ref, name, description='', size=None):
     """A writable copy-on-write clone, grown to ``size`` if larger."""
-    with _reclaim_lost(session, 'VDI.clone', _copies_of(session, ref)):
+    with recovery.reclaim_lost(session, 'VDI.clone',
+                               _copies_of(session, ref)):
         new = session.call('VDI.clone', ref, {})
-    with _undo_on_error(session, new):
+    with recovery.undo_on_error(session, new):
         _labelled(session, new, name, description)
         if size is not None:
             grow_vdi(session, new, size)
@@ -316,10 +298,10 @@ def clone_vdi(session, ref, name, description='', size=None):
 
 def copy_vdi(session, ref, sr, name, description='', timeout=3600.0):
     """A full, independent copy of ``ref`` into ``sr``."""
-    with _reclaim_lost(session, 'VDI.copy', _copies_of(session, ref, sr),
-                       lost_task=True):
+    with recovery.reclaim_lost(session, 'VDI.copy',
+                               _copies_of(session, ref, sr), lost_task=True):
         new = session.call_async('VDI.copy', ref, sr, timeout=timeout)
-    with _undo_on_error(session, new):
+    with recovery.undo_on_error(session, new):
         _labelled(session, new, name, description)
         return new, session.call('VDI.get_uuid', new)
 
@@ -347,36 +329,6 @@ def vdi_chain(session, ref, max_depth=64):
                            session.call('VDI.get_by_uuid', parent))
 
 
-@contextlib.contextmanager
-def _undo_on_error(session, ref):
-    """Destroy the VDI ``ref`` if the block fails, then re-raise."""
-    try:
-        yield
-    except Exception:
-        cleanup('VDI %s' % ref, _unless_gone, session, 'VDI.destroy', ref)
-        raise
-
-
-def cleanup(what, func, *args):
-    """Run cleanup ``func(*args)``, twice if need be; never raise.
-
-    For cleanup that must not hide the error being handled, or fail an
-    operation that is done. It is idempotent (what is gone counts as
-    done): a second attempt gets past one dropped connection or passing
-    error that would otherwise leave a VDI or SR behind for good.
-    Returns whether it succeeded.
-    """
-    for attempt in range(CLEANUP_ATTEMPTS):
-        try:
-            func(*args)
-            return True
-        except Exception as exc:
-            err = exc
-    LOG.warning('Cleaning up %(what)s failed: %(err)s',
-                {'what': what, 'err': err})
-    return False
-
-
 def _lookalikes(session, sr, name, marks, skip=()):
     """A finder: refs of the VDIs of ``sr`` named ``name`` that carry
     ``marks`` in their ``other_config``, except those in ``skip``."""
@@ -400,49 +352,6 @@ def _copies_of(session, ref, sr=None):
     name, marks = rec.get('name_label', ''), rec.get('other_config', {})
     before = _lookalikes(session, sr, name, marks)()
     return _lookalikes(session, sr, name, marks, skip=set(before) | {ref})
-
-
-@contextlib.contextmanager
-def _reclaim_lost(session, what, find, undo=None, lost_task=False):
-    """Undo what call ``what`` made in the block when its answer was lost.
-
-    ``find()`` returns refs of what the call would have made that were not
-    there before; ``undo(session, ref)`` removes one (``VDI.destroy``). A
-    timed-out call may still be running on the host: it is looked for
-    during one more timeout. ``lost_task``: ``what`` ran as ``Async.``
-    (the session waited for its task to end): its task goes too.
-    """
-    try:
-        yield
-    except exception.XenAPIConnectionError as exc:
-        if getattr(exc, 'sent', False):
-            wait = session.timeout if getattr(exc, 'timed_out', False) \
-                else 0
-            found = _reclaim(session, what, find, undo, wait)
-            if lost_task and found:
-                session.forget_lost_tasks(what, found)
-        raise
-
-
-def _reclaim(session, what, find, undo, wait):
-    undo = undo or (lambda s, ref: _unless_gone(s, 'VDI.destroy', ref))
-    deadline = time.monotonic() + wait
-    delay = 0.1
-    while True:
-        try:
-            found = find()
-        except Exception as exc:  # must not hide the first error
-            LOG.warning('Cannot tell whether %(what)s was done: %(err)s',
-                        {'what': what, 'err': exc})
-            return []
-        for ref in found:
-            LOG.warning('%(what)s was done, but its answer was lost: '
-                        'undoing it (%(ref)s).', {'what': what, 'ref': ref})
-            cleanup('%s of %s' % (ref, what), undo, session, ref)
-        if found or time.monotonic() >= deadline:
-            return found
-        session.sleep(delay)
-        delay = min(delay * 2, 2.0)
 
 
 def new_uuid():
