@@ -11,10 +11,11 @@
 # under the License.
 """The XenAPI layer: session, storage operations, plugins, HTTP transfers.
 
-``session`` talks to the host; ``tasks`` runs, polls and destroys XAPI
-tasks; ``recovery`` undoes what failed or whose answer was lost;
-``storage`` knows SRs, PBDs and VDIs; ``plugin`` calls dom0's plugins;
-``transfer`` streams disks through XAPI's HTTP handlers. Each module
-imports only :mod:`xenapinfs_driver.exception` and the modules of this
-layer it builds on.
+``session`` talks to the host through a pool of logins (``connection``);
+``tasks`` runs, polls and destroys XAPI tasks; ``recovery`` undoes what
+failed or whose answer was lost; ``storage`` knows SRs, PBDs and VDIs;
+``plugin`` calls dom0's plugins; ``transfer`` streams disks through
+XAPI's HTTP handlers. Each module imports only
+:mod:`xenapinfs_driver.exception` and the modules of this layer it builds
+on.
 """

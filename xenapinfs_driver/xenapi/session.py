@@ -16,8 +16,9 @@ What it adds to ``XenAPI.Session``:
 * Login with an originator; a pool member's ``HOST_IS_SLAVE`` answer is
   followed to the master, keeping the URL's scheme and port. Every login
   is logged out on :meth:`XenAPISession.close`.
-* A small pool of logged-in connections, so that cinder's green threads
-  can call concurrently (one ``xmlrpc`` connection is not safe to share).
+* A small pool of logged-in connections (:mod:`.connection`), so that
+  cinder's green threads can call concurrently (one ``xmlrpc`` connection
+  is not safe to share).
   ``SESSION_INVALID`` is handled by the client library, which logs in again.
 * Timeouts, TLS verification on by default (a CA bundle can be given),
   and bounded retries with backoff on connection errors. A call that may
@@ -41,7 +42,6 @@ login and identity tokens in plugin calls.
 import contextlib
 import http.client
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -52,6 +52,7 @@ from oslo_log import log as logging
 from oslo_utils import importutils
 
 from xenapinfs_driver import exception
+from xenapinfs_driver.xenapi import connection
 from xenapinfs_driver.xenapi import tasks
 
 LOG = logging.getLogger(__name__)
@@ -61,19 +62,6 @@ LOG = logging.getLogger(__name__)
 _SAFE_PREFIXES = ('get_', 'logout')
 _SAFE_METHODS = frozenset(['SR.scan', 'SR.probe', 'task.destroy',
                            'task.cancel'])
-
-# Errors that prove the request never reached the host.
-_NOT_SENT = (ConnectionRefusedError, socket.gaierror)
-# Errors after which the request's fate is unknown.
-_AMBIGUOUS = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
-
-
-class _NotSent(Exception):
-    """Wraps a connect-time error: the request never left."""
-
-    def __init__(self, cause):
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 def is_safe(method):
@@ -110,89 +98,6 @@ def scrub(text, secrets):
         if secret:
             text = text.replace(secret, '***')
     return text
-
-
-class _Transport(xmlrpc.client.SafeTransport):
-    """An xmlrpc transport with a timeout, a TLS context and one attempt.
-
-    The standard transport silently sends a request again when a reused
-    connection breaks; the session decides that instead, knowing the
-    method. Connect errors are told apart from later ones.
-    """
-
-    def __init__(self, scheme, timeout, context):
-        super().__init__(context=context)
-        self._scheme = scheme
-        self.timeout = timeout
-
-    def make_connection(self, host):
-        if self._connection and host == self._connection[0]:
-            return self._connection[1]
-        chost, self._extra_headers, _x509 = self.get_host_info(host)
-        if self._scheme == 'https':
-            conn = http.client.HTTPSConnection(
-                chost, timeout=self.timeout, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(chost, timeout=self.timeout)
-        self._connection = host, conn
-        return conn
-
-    def send_request(self, host, handler, request_body, debug):
-        conn = self.make_connection(host)
-        if conn.sock is None:
-            try:
-                conn.connect()
-            except _NOT_SENT as exc:
-                raise _NotSent(exc)
-            except ssl.SSLError:
-                raise
-            except OSError as exc:
-                # A connect timeout or an unreachable network: nothing
-                # was sent either.
-                raise _NotSent(exc)
-        return super().send_request(host, handler, request_body, debug)
-
-    def request(self, host, handler, request_body, verbose=False):
-        return self.single_request(host, handler, request_body, verbose)
-
-
-class _Connection:
-    """One logged-in ``XenAPI.Session`` and its transport."""
-
-    def __init__(self, owner, url):
-        self.owner = owner
-        self.url = url
-        scheme = urllib.parse.urlsplit(url).scheme
-        self.transport = _Transport(scheme, owner.timeout, owner.ssl_context)
-        self.proxy = owner.xenapi.Session(url, transport=self.transport,
-                                          allow_none=False)
-        self.last_used = time.monotonic()
-
-    @property
-    def handle(self):
-        return self.proxy._session
-
-    def login(self):
-        o = self.owner
-        self.proxy.login_with_password(o.username, o.password,
-                                       o.api_version, o.originator)
-
-    def drop_idle_socket(self):
-        if time.monotonic() - self.last_used > self.owner.idle_timeout:
-            self.transport.close()
-
-    def request(self, method, args):
-        self.last_used = time.monotonic()
-        return self.proxy.xenapi_request(method, tuple(args))
-
-    def logout(self):
-        try:
-            self.proxy.xenapi.session.logout()
-        except Exception as exc:  # logging out must never hide an error
-            LOG.debug('XenAPI logout failed: %s',
-                      scrub(exc, self.owner.secrets))
-        finally:
-            self.transport.close()
 
 
 class XenAPISession:
@@ -275,7 +180,7 @@ class XenAPISession:
     def _new_connection(self):
         attempt = 0
         while True:
-            conn = _Connection(self, self.url)
+            conn = connection.Connection(self, self.url)
             try:
                 conn.login()
             except self.xenapi.Failure as exc:
@@ -294,15 +199,14 @@ class XenAPISession:
                 if details and details[0] == 'SESSION_AUTHENTICATION_FAILED':
                     raise exception.XenAPIAuthenticationError(
                         url=self.url, user=self.username,
-                        reason=scrub(details, self.secrets))
+                        reason=self.hide(details))
                 raise self.failure('session.login_with_password', details)
-            except (_NotSent,) + _AMBIGUOUS as exc:
+            except (connection.NotSent,) + connection.AMBIGUOUS as exc:
                 conn.transport.close()
                 if isinstance(exc, ssl.SSLError) or attempt >= self.retries:
                     raise exception.XenAPIConnectionError(
                         url=self.url, method='session.login_with_password',
-                        reason=scrub(getattr(exc, 'cause', exc),
-                                     self.secrets))
+                        reason=self.hide(getattr(exc, 'cause', exc)))
                 self._backoff(attempt, 'session.login_with_password', exc)
                 attempt += 1
                 continue
@@ -391,18 +295,17 @@ class XenAPISession:
                 # renew, or an answer without Status.
                 raise exception.XenAPIError(
                     method, ['XMLRPC_FAULT', str(exc.faultCode),
-                             scrub(exc.faultString,
-                                   self.secrets | set(secrets))])
-            except (_NotSent,) + _AMBIGUOUS as exc:
+                             self.hide(exc.faultString, secrets)])
+            except (connection.NotSent,) + connection.AMBIGUOUS as exc:
                 conn.transport.close()
-                sent = not isinstance(exc, _NotSent)
+                sent = not isinstance(exc, connection.NotSent)
                 cause = getattr(exc, 'cause', exc)
                 retry = (not isinstance(cause, ssl.SSLError) and
                          (not sent or is_safe(method)))
                 if not retry or attempt >= self.retries:
                     raise exception.XenAPIConnectionError(
                         url=self.url, method=method,
-                        reason=scrub(cause, self.secrets | set(secrets)),
+                        reason=self.hide(cause, secrets),
                         sent=sent, timed_out=isinstance(cause, TimeoutError))
                 self._backoff(attempt, method, cause)
                 attempt += 1
@@ -412,14 +315,17 @@ class XenAPISession:
         LOG.warning('XenAPI %(method)s: connection to %(url)s failed '
                     '(%(err)s); retrying in %(delay).1f s.',
                     {'method': method, 'url': self.url, 'delay': delay,
-                     'err': scrub(getattr(exc, 'cause', exc), self.secrets)})
+                     'err': self.hide(getattr(exc, 'cause', exc))})
         self.sleep(delay)
+
+    def hide(self, text, secrets=()):
+        """``text`` without the password nor any of ``secrets``."""
+        return scrub(text, self.secrets | set(secrets))
 
     def failure(self, method, details, secrets=()):
         """Our error for the host's failure ``details``, secrets hidden."""
-        hidden = self.secrets | set(secrets)
         return exception.XenAPIError(
-            method, [scrub(d, hidden) for d in (details or [])])
+            method, [self.hide(d, secrets) for d in (details or [])])
 
     def call_async(self, method, *args, timeout=3600.0, poll=0.5,
                    secrets=()):
