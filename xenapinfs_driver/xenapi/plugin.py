@@ -28,6 +28,7 @@ import pickle
 import time
 
 from cinder import exception as cinder_exception
+from cinder.i18n import _
 from oslo_log import log as logging
 
 from xenapinfs_driver import exception
@@ -44,9 +45,10 @@ MAX_ANSWER = 1 << 20  # a plugin answer is a few hundred bytes
 
 class _NoGlobals(pickle.Unpickler):
     def find_class(self, module, name):
+        # NOTE: its text ends up in the error loads() raises.
         raise pickle.UnpicklingError(
-            'plugin answer refers to %s.%s; only plain data is accepted'
-            % (module, name))
+            _('plugin answer refers to %(module)s.%(name)s; only plain '
+              'data is accepted') % {'module': module, 'name': name})
 
 
 def dumps(obj):
@@ -58,14 +60,14 @@ def loads(text):
     """Unpickle a plugin answer, refusing anything but plain data."""
     if not isinstance(text, str) or len(text) > MAX_ANSWER:
         raise exception.XenAPINFSException(
-            reason='plugin answer is not a pickle of at most %d bytes'
+            reason=_('plugin answer is not a pickle of at most %d bytes')
             % MAX_ANSWER)
     try:
         return _NoGlobals(io.BytesIO(text.encode('latin-1')),
                           encoding='latin-1').load()
     except Exception as exc:
         raise exception.XenAPINFSException(
-            reason='cannot read the plugin answer: %s' % exc)
+            reason=_('cannot read the plugin answer: %s') % exc)
 
 
 def call(session, plugin, fn, *args, secrets=(), timeout=3600.0, **kwargs):
@@ -99,6 +101,13 @@ def get_version(session):
     return call(session, VERSION_PLUGIN, 'get_version', timeout=60.0)
 
 
+def _needed():
+    """The plugin versions this driver can use, as the operator reads it."""
+    major, minor = MIN_VERSION
+    return _('%(major)d.%(minor)d or later') % {'major': major,
+                                                'minor': minor}
+
+
 def check_version(session):
     """Refuse hosts whose plugins lack the calls this driver makes.
 
@@ -109,14 +118,13 @@ def check_version(session):
     except exception.XenAPIError as exc:
         if exc.error in ('XENAPI_MISSING_PLUGIN',
                          'UNKNOWN_XENAPI_PLUGIN_FUNCTION'):
-            raise exception.PluginVersionError(
-                found='(not installed)', needed='%d.%d or later'
-                % MIN_VERSION)
+            raise exception.PluginVersionError(found=_('(not installed)'),
+                                               needed=_needed())
         raise
     version = parse_version(found)
     if not version or version < MIN_VERSION:
         raise exception.PluginVersionError(
-            found=found, needed='%d.%d or later' % MIN_VERSION)
+            found=found, needed=_needed())
     return found
 
 
@@ -192,8 +200,9 @@ class GlancePlugin:
             return result['root']['uuid']
         except (TypeError, KeyError):
             raise exception.ImageTransferError(
-                reason='download_vhd2 of image %s answered %r'
-                % (image_id, result))
+                reason=_('download_vhd2 of image %(image)s answered '
+                         '%(answer)r') % {'image': image_id,
+                                          'answer': result})
 
     def upload_vhd(self, image_id, endpoint, sr_path, vdi_uuids,
                    extra_headers, properties=None):

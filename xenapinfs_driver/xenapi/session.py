@@ -48,6 +48,7 @@ import time
 import urllib.parse
 import xmlrpc.client
 
+from cinder.i18n import _
 from oslo_log import log as logging
 from oslo_utils import importutils
 
@@ -132,11 +133,12 @@ class XenAPISession:
         scheme = urllib.parse.urlsplit(url or '').scheme
         if scheme not in ('http', 'https'):
             raise exception.XenAPINFSException(
-                reason='xenapi_connection_url must be http:// or https://, '
-                       'not %r' % url)
+                reason=_('xenapi_connection_url must be http:// or '
+                         'https://, not %r') % url)
         self.xenapi = xenapi or importutils.try_import('XenAPI')
         if self.xenapi is None:
-            raise exception.XenAPIMissingError(reason='import XenAPI failed')
+            raise exception.XenAPIMissingError(
+                reason=_('import XenAPI failed'))
         self.url = url.rstrip('/')
         self.username = username
         self.password = password
@@ -217,7 +219,8 @@ class XenAPISession:
     @contextlib.contextmanager
     def _borrow(self):
         if self._closed:
-            raise exception.XenAPINFSException(reason='session is closed')
+            raise exception.XenAPINFSException(
+                reason=_('session is closed'))
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:

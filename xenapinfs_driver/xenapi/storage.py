@@ -35,6 +35,7 @@ import contextlib
 import re
 import uuid as uuidlib
 
+from cinder.i18n import _
 from oslo_log import log as logging
 
 from xenapinfs_driver import exception
@@ -64,8 +65,9 @@ def find_sr(session, tag):
         if rec.get('other_config', {}).get(TAG_KEY) == tag]
     if len(found) > 1:
         raise exception.XenAPINFSException(
-            reason='%d SRs carry other_config %s=%s; keep one'
-            % (len(found), TAG_KEY, tag))
+            reason=_('%(count)d SRs carry other_config %(key)s=%(tag)s; '
+                     'keep one') % {'count': len(found), 'key': TAG_KEY,
+                                    'tag': tag})
     return found[0] if found else None
 
 
@@ -323,8 +325,9 @@ def vdi_chain(session, ref, max_depth=64):
             return chain
         if parent in chain or len(chain) >= max_depth:
             raise exception.XenAPINFSException(
-                reason='VDI %s: vhd-parent chain loops or is deeper than %d'
-                % (chain[0], max_depth))
+                reason=_('VDI %(vdi)s: vhd-parent chain loops or is deeper '
+                         'than %(depth)d') % {'vdi': chain[0],
+                                              'depth': max_depth})
         rec = session.call('VDI.get_record',
                            session.call('VDI.get_by_uuid', parent))
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import uuid
 import xmlrpc.client
 
+from cinder.i18n import _
 from oslo_log import log as logging
 
 from xenapinfs_driver import exception
@@ -180,7 +181,7 @@ def wait(session: XenAPISession, task: str, method: str,
                 pass
             raise exception.XenAPIConnectionError(
                 url=session.url, method=method,
-                reason='no answer after %d s' % timeout)
+                reason=_('no answer after %d s') % timeout)
         session.sleep(delay)
         delay = min(delay * 2, poll)
 

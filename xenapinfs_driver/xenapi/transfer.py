@@ -24,6 +24,8 @@ import http.client
 import shutil
 import urllib.parse
 
+from cinder.i18n import _
+
 from xenapinfs_driver import exception
 from xenapinfs_driver.xenapi import tasks
 
@@ -41,7 +43,7 @@ def _path(handler, handle, task, vdi, fmt):
 def _check_format(fmt):
     if fmt not in FORMATS:
         raise exception.ImageTransferError(
-            reason='unknown transfer format %r (raw or vhd)' % fmt)
+            reason=_('unknown transfer format %r (raw or vhd)') % fmt)
 
 
 def _finish(session, held, task, what, status, reason):
@@ -49,7 +51,8 @@ def _finish(session, held, task, what, status, reason):
     _raise_if_failed(session, held, task, what)
     if status != 200:
         raise exception.ImageTransferError(
-            reason='%s answered HTTP %d %s' % (what, status, reason))
+            reason=_('%(what)s answered HTTP %(status)d %(reason)s') % {
+                'what': what, 'status': status, 'reason': reason})
 
 
 def _raise_if_failed(session, held, task, what):
@@ -82,7 +85,7 @@ def import_vdi(session, vdi_ref, source, length, fmt='vhd', progress=None):
                 data = source.read(min(CHUNK, left))
                 if not data:
                     raise exception.ImageTransferError(
-                        reason='the source ended %d bytes early' % left)
+                        reason=_('the source ended %d bytes early') % left)
                 conn.send(data)
                 left -= len(data)
                 if progress:
@@ -164,5 +167,6 @@ def export_to_file(session, vdi_ref, dest, fmt='vhd'):
         written = dest.tell() - before
     if length is not None and written != length:
         raise exception.ImageTransferError(
-            reason='export of VDI sent %d of %d bytes' % (written, length))
+            reason=_('export of VDI sent %(sent)d of %(size)d bytes') % {
+                'sent': written, 'size': length})
     return written
