@@ -22,14 +22,21 @@ A connection belongs to one :class:`.session.XenAPISession` (its
 and which hides secrets from what it logs.
 """
 
+from __future__ import annotations
+
 import http.client
 import socket
 import ssl
 import time
+from typing import Any, Sequence
+from typing import TYPE_CHECKING
 import urllib.parse
 import xmlrpc.client
 
 from oslo_log import log as logging
+
+if TYPE_CHECKING:   # for annotations only: session imports this module
+    from xenapinfs_driver.xenapi.session import XenAPISession
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ AMBIGUOUS = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
 class NotSent(Exception):
     """Wraps a connect-time error: the request never left."""
 
-    def __init__(self, cause):
+    def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
 
@@ -55,12 +62,13 @@ class Transport(xmlrpc.client.SafeTransport):
     method. Connect errors are told apart from later ones.
     """
 
-    def __init__(self, scheme, timeout, context):
+    def __init__(self, scheme: str, timeout: float,
+                 context: ssl.SSLContext) -> None:
         super().__init__(context=context)
         self._scheme = scheme
         self.timeout = timeout
 
-    def make_connection(self, host):
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
         if self._connection and host == self._connection[0]:
             return self._connection[1]
         chost, self._extra_headers, _x509 = self.get_host_info(host)
@@ -72,7 +80,8 @@ class Transport(xmlrpc.client.SafeTransport):
         self._connection = host, conn
         return conn
 
-    def send_request(self, host, handler, request_body, debug):
+    def send_request(self, host: Any, handler: str, request_body: bytes,
+                     debug: bool) -> http.client.HTTPConnection:
         conn = self.make_connection(host)
         if conn.sock is None:
             try:
@@ -87,14 +96,15 @@ class Transport(xmlrpc.client.SafeTransport):
                 raise NotSent(exc)
         return super().send_request(host, handler, request_body, debug)
 
-    def request(self, host, handler, request_body, verbose=False):
+    def request(self, host: Any, handler: str, request_body: bytes,
+                verbose: bool = False) -> tuple:
         return self.single_request(host, handler, request_body, verbose)
 
 
 class Connection:
     """One logged-in ``XenAPI.Session`` and its transport."""
 
-    def __init__(self, owner, url):
+    def __init__(self, owner: XenAPISession, url: str) -> None:
         self.owner = owner
         self.url = url
         scheme = urllib.parse.urlsplit(url).scheme
@@ -104,7 +114,7 @@ class Connection:
         self.last_used = time.monotonic()
 
     @property
-    def handle(self):
+    def handle(self) -> str:
         """The session id this connection logged in with.
 
         For calls that name the session (``session.get_this_host``) and
@@ -113,20 +123,20 @@ class Connection:
         """
         return self.proxy.handle
 
-    def login(self):
+    def login(self) -> None:
         o = self.owner
         self.proxy.login_with_password(o.username, o.password,
                                        o.api_version, o.originator)
 
-    def drop_idle_socket(self):
+    def drop_idle_socket(self) -> None:
         if time.monotonic() - self.last_used > self.owner.idle_timeout:
             self.transport.close()
 
-    def request(self, method, args):
+    def request(self, method: str, args: Sequence[Any]) -> Any:
         self.last_used = time.monotonic()
         return self.proxy.xenapi_request(method, tuple(args))
 
-    def logout(self):
+    def logout(self) -> None:
         try:
             self.proxy.xenapi.session.logout()
         except Exception as exc:  # logging out must never hide an error

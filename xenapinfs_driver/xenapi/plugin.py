@@ -23,15 +23,22 @@ the plugins return only strings, numbers, lists and dicts, and anything
 else in the stream is refused instead of run.
 """
 
+from __future__ import annotations
+
 import io
 import pickle
 import time
+from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from cinder import exception as cinder_exception
 from cinder.i18n import _
 from oslo_log import log as logging
 
 from xenapinfs_driver import exception
+
+if TYPE_CHECKING:   # for annotations only
+    from xenapinfs_driver.xenapi.session import XenAPISession
 
 LOG = logging.getLogger(__name__)
 
@@ -51,12 +58,12 @@ class _NoGlobals(pickle.Unpickler):
               'data is accepted') % {'module': module, 'name': name})
 
 
-def dumps(obj):
+def dumps(obj: Any) -> str:
     """Pickle ``obj`` the way dom0's plugins expect: protocol 0, as str."""
     return pickle.dumps(obj, protocol=0).decode('latin-1')
 
 
-def loads(text):
+def loads(text: str) -> Any:
     """Unpickle a plugin answer, refusing anything but plain data."""
     if not isinstance(text, str) or len(text) > MAX_ANSWER:
         raise exception.XenAPINFSException(
@@ -70,7 +77,9 @@ def loads(text):
             reason=_('cannot read the plugin answer: %s') % exc)
 
 
-def call(session, plugin, fn, *args, secrets=(), timeout=3600.0, **kwargs):
+def call(session: XenAPISession, plugin: str, fn: str, *args: Any,
+         secrets: Iterable[str] = (), timeout: float = 3600.0,
+         **kwargs: Any) -> Any:
     """Call ``plugin``'s ``fn`` with pickled arguments; unpickle the answer.
 
     Runs as a task (``Async.host.call_plugin``) so that a long transfer is
@@ -89,26 +98,26 @@ def call(session, plugin, fn, *args, secrets=(), timeout=3600.0, **kwargs):
     return loads(answer)
 
 
-def parse_version(text):
+def parse_version(text: object) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in str(text).split('.')[:2])
     except ValueError:
         return ()
 
 
-def get_version(session):
+def get_version(session: XenAPISession) -> str:
     """The dom0 plugin set's version, e.g. ``'2.1'``."""
     return call(session, VERSION_PLUGIN, 'get_version', timeout=60.0)
 
 
-def _needed():
+def _needed() -> str:
     """The plugin versions this driver can use, as the operator reads it."""
     major, minor = MIN_VERSION
     return _('%(major)d.%(minor)d or later') % {'major': major,
                                                 'minor': minor}
 
 
-def check_version(session):
+def check_version(session: XenAPISession) -> str:
     """Refuse hosts whose plugins lack the calls this driver makes.
 
     :raises PluginVersionError: the plugins are missing or too old.
@@ -152,8 +161,9 @@ class GlancePlugin:
     :param timeout: how long one attempt may take, in seconds.
     """
 
-    def __init__(self, session, retries=3, interval=0.5, timeout=3600.0,
-                 sleep=time.sleep):
+    def __init__(self, session: XenAPISession, retries: int = 3,
+                 interval: float = 0.5, timeout: float = 3600.0,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         self.session = session
         self.retries = max(0, int(retries))
         self.interval = interval
@@ -183,8 +193,9 @@ class GlancePlugin:
                 self._sleep(delay)
                 delay = min(delay * 2, 15.0)
 
-    def download_vhd(self, image_id, endpoint, sr_path, uuid_stack,
-                     extra_headers):
+    def download_vhd(self, image_id: str, endpoint: str, sr_path: str,
+                     uuid_stack: Iterable[str],
+                     extra_headers: Mapping[str, str]) -> str:
         """Fetch a XenServer image into the SR; return the leaf's uuid.
 
         ``uuid_stack`` gives one uuid per VHD of the chain; dom0 pops them
@@ -204,8 +215,9 @@ class GlancePlugin:
                          '%(answer)r') % {'image': image_id,
                                           'answer': result})
 
-    def upload_vhd(self, image_id, endpoint, sr_path, vdi_uuids,
-                   extra_headers, properties=None):
+    def upload_vhd(self, image_id: str, endpoint: str, sr_path: str,
+                   vdi_uuids: Iterable[str], extra_headers: Mapping[str, str],
+                   properties: Mapping[str, Any] | None = None) -> None:
         """Send a VHD chain (leaf first) to glance as a XenServer tgz."""
         self._call('upload_vhd2', image_id, list(extra_headers.values()),
                    vdi_uuids=list(vdi_uuids), image_id=image_id,

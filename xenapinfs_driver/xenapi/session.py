@@ -39,12 +39,15 @@ Only method names are logged, never arguments: they carry the password at
 login and identity tokens in plugin calls.
 """
 
+from __future__ import annotations
+
 import contextlib
 import http.client
 import queue
 import ssl
 import threading
 import time
+from typing import Any, Callable, Collection, Iterable, Iterator
 import urllib.parse
 import xmlrpc.client
 
@@ -65,13 +68,13 @@ _SAFE_METHODS = frozenset(['SR.scan', 'SR.probe', 'task.destroy',
                            'task.cancel'])
 
 
-def is_safe(method):
+def is_safe(method: str) -> bool:
     """Whether sending ``method`` twice has the same effect as once."""
     name = method.split('.')[-1]
     return method in _SAFE_METHODS or name.startswith(_SAFE_PREFIXES)
 
 
-def check_args(value, where='argument'):
+def check_args(value: Any, where: str = 'argument') -> Any:
     """Return ``value`` ready for XAPI: ints as strings, no ``None``.
 
     XAPI's ``int`` travels as a decimal string, and XAPI refuses
@@ -92,7 +95,7 @@ def check_args(value, where='argument'):
     return value
 
 
-def scrub(text, secrets):
+def scrub(text: object, secrets: Iterable[str]) -> str:
     """Replace every secret in ``text`` by ``***``."""
     text = str(text)
     for secret in secrets:
@@ -124,12 +127,14 @@ class XenAPISession:
 
     api_version = '2.0'
     idle_timeout = 30.0
-    POLL_ATTEMPTS = 3
 
-    def __init__(self, url, username, password, *,
-                 originator='xenapinfs-driver', timeout=120.0, retries=3,
-                 retry_interval=1.0, verify=True, ca_bundle=None,
-                 max_connections=4, xenapi=None, sleep=time.sleep):
+    def __init__(self, url: str, username: str, password: str, *,
+                 originator: str = 'xenapinfs-driver',
+                 timeout: float = 120.0, retries: int = 3,
+                 retry_interval: float = 1.0, verify: bool = True,
+                 ca_bundle: str | None = None, max_connections: int = 4,
+                 xenapi: Any = None,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         scheme = urllib.parse.urlsplit(url or '').scheme
         if scheme not in ('http', 'https'):
             raise exception.XenAPINFSException(
@@ -168,7 +173,7 @@ class XenAPISession:
 
     # -- connections --
 
-    def connect(self):
+    def connect(self) -> XenAPISession:
         """Log in once (following ``HOST_IS_SLAVE``) and find this host."""
         self._idle.put(self._grow_or_wait())
         self.host_ref = self._this_host()
@@ -250,7 +255,7 @@ class XenAPISession:
             raise
 
     @contextlib.contextmanager
-    def borrow(self):
+    def borrow(self) -> Iterator[_Borrowed]:
         """Hold one connection: its ``handle`` stays valid meanwhile.
 
         For HTTP transfers, which pass the session id in the URL.
@@ -258,7 +263,7 @@ class XenAPISession:
         with self._borrow() as conn:
             yield _Borrowed(self, conn)
 
-    def close(self):
+    def close(self) -> None:
         """Log out every connection. The session is unusable afterwards."""
         self._closed = True
         with self._lock:
@@ -266,15 +271,16 @@ class XenAPISession:
         for conn in conns:
             conn.logout()
 
-    def __enter__(self):
+    def __enter__(self) -> XenAPISession:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- calls --
 
-    def call(self, method, *args, secrets=()):
+    def call(self, method: str, *args: Any,
+             secrets: Iterable[str] = ()) -> Any:
         """Call ``Class.method`` with ``args`` (the session is prepended).
 
         :raises XenAPIError: the host answered with a failure.
@@ -321,28 +327,31 @@ class XenAPISession:
                      'err': self.hide(getattr(exc, 'cause', exc))})
         self.sleep(delay)
 
-    def hide(self, text, secrets=()):
+    def hide(self, text: object, secrets: Iterable[str] = ()) -> str:
         """``text`` without the password nor any of ``secrets``."""
         return scrub(text, self.secrets | set(secrets))
 
-    def failure(self, method, details, secrets=()):
+    def failure(self, method: str, details: Iterable[object] | None,
+                secrets: Iterable[str] = ()) -> exception.XenAPIError:
         """Our error for the host's failure ``details``, secrets hidden."""
         return exception.XenAPIError(
             method, [self.hide(d, secrets) for d in (details or [])])
 
-    def call_async(self, method, *args, timeout=3600.0, poll=0.5,
-                   secrets=()):
+    def call_async(self, method: str, *args: Any, timeout: float = 3600.0,
+                   poll: float = 0.5, secrets: Iterable[str] = ()) -> Any:
         """Run ``Async.<method>`` and wait for its task (see
         :func:`.tasks.call_async`)."""
         return tasks.call_async(self, method, *args, timeout=timeout,
                                 poll=poll, secrets=secrets)
 
-    def forget_lost_tasks(self, method, tokens):
+    def forget_lost_tasks(self, method: str,
+                          tokens: Collection[str]) -> None:
         """Destroy the ended tasks of lost ``Async.<method>`` calls whose
         result names one of ``tokens`` (see :func:`.tasks.forget_lost`)."""
         tasks.forget_lost(self, method, tokens)
 
-    def http_connection(self, timeout=None):
+    def http_connection(self, timeout: float | None = None
+                        ) -> http.client.HTTPConnection:
         """A new HTTP(S) connection to the master, for XAPI's handlers."""
         parts = urllib.parse.urlsplit(self.url)
         if parts.scheme == 'https':
@@ -361,14 +370,15 @@ class _Borrowed:
         self._conn = conn
 
     @property
-    def handle(self):
+    def handle(self) -> str:
         return self._conn.handle
 
-    def call(self, method, *args, secrets=()):
+    def call(self, method: str, *args: Any,
+             secrets: Iterable[str] = ()) -> Any:
         return self._session._request(self._conn, method, args, secrets)
 
 
-def master_url(url, address):
+def master_url(url: str, address: str) -> str:
     """``url`` with its host replaced by ``address``, scheme and port kept."""
     parts = urllib.parse.urlsplit(url)
     host = address

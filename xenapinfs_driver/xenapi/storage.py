@@ -31,8 +31,12 @@ XenAPI idioms used here, once:
   has those of its source until it is renamed).
 """
 
+from __future__ import annotations
+
 import contextlib
 import re
+from typing import Iterator
+from typing import TYPE_CHECKING
 import uuid as uuidlib
 
 from cinder.i18n import _
@@ -40,6 +44,9 @@ from oslo_log import log as logging
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.xenapi import recovery
+
+if TYPE_CHECKING:   # for annotations only
+    from xenapinfs_driver.xenapi.session import XenAPISession
 
 LOG = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ def _query(**fields):
 
 # -- storage repositories ------------------------------------------------
 
-def find_sr(session, tag):
+def find_sr(session: XenAPISession, tag: str) -> str | None:
     """The ref of the NFS SR tagged ``tag``, or ``None``."""
     found = [ref for ref, rec in session.call(
         'SR.get_all_records_where', _query(type='nfs')).items()
@@ -71,7 +78,7 @@ def find_sr(session, tag):
     return found[0] if found else None
 
 
-def sr_by_uuid(session, sr_uuid):
+def sr_by_uuid(session: XenAPISession, sr_uuid: str) -> str | None:
     try:
         return session.call('SR.get_by_uuid', sr_uuid)
     except exception.XenAPIError as exc:
@@ -80,7 +87,8 @@ def sr_by_uuid(session, sr_uuid):
         raise
 
 
-def create_nfs_sr(session, server, serverpath, name, tag):
+def create_nfs_sr(session: XenAPISession, server: str, serverpath: str,
+                  name: str, tag: str) -> str:
     """Create an NFS SR on ``server:serverpath`` and tag it as ours."""
     device = {'server': server, 'serverpath': serverpath}
 
@@ -106,7 +114,8 @@ def create_nfs_sr(session, server, serverpath, name, tag):
     return sr
 
 
-def introduce_nfs_sr(session, sr_uuid, server, serverpath, name=''):
+def introduce_nfs_sr(session: XenAPISession, sr_uuid: str, server: str,
+                     serverpath: str, name: str = '') -> str:
     """Make the host know an existing NFS SR again; return its ref.
 
     On failure everything introduced is forgotten again: the files on the
@@ -128,7 +137,8 @@ def introduce_nfs_sr(session, sr_uuid, server, serverpath, name=''):
     return sr
 
 
-def plug_sr(session, sr, server, serverpath):
+def plug_sr(session: XenAPISession, sr: str, server: str,
+            serverpath: str) -> str:
     """Make sure this host has a plugged PBD for ``sr``."""
     pbds = session.call('PBD.get_all_records_where', _query(
         SR=sr, host=session.host_ref))
@@ -150,7 +160,7 @@ def plug_sr(session, sr, server, serverpath):
     return pbd
 
 
-def forget_sr(session, sr):
+def forget_sr(session: XenAPISession, sr: str) -> None:
     """Unplug every PBD of ``sr`` and forget it; its files stay.
 
     An SR (or PBD) already gone counts as done, so that a second attempt
@@ -166,8 +176,9 @@ def forget_sr(session, sr):
     recovery.unless_gone(session, 'SR.forget', sr)
 
 
-def find_or_create_nfs_sr(session, server, serverpath, tag, name,
-                          sr_uuid=None):
+def find_or_create_nfs_sr(session: XenAPISession, server: str,
+                          serverpath: str, tag: str, name: str,
+                          sr_uuid: str | None = None) -> tuple[str, str]:
     """The backend's SR: found by tag (or uuid), introduced, or created.
 
     :param sr_uuid: adopt this SR instead (one the host may have forgot).
@@ -187,7 +198,8 @@ def find_or_create_nfs_sr(session, server, serverpath, tag, name,
     return sr, session.call('SR.get_uuid', sr)
 
 
-def probe_nfs_srs(session, server, serverpath):
+def probe_nfs_srs(session: XenAPISession, server: str,
+                  serverpath: str) -> set[str]:
     """The uuids of the SR directories on an NFS export (``SR.probe``)."""
     device = {'server': server, 'serverpath': serverpath}
     answer = session.call('SR.probe', session.host_ref, device, 'nfs', {})
@@ -195,7 +207,8 @@ def probe_nfs_srs(session, server, serverpath):
 
 
 @contextlib.contextmanager
-def attached_sr(session, sr_uuid, server, serverpath):
+def attached_sr(session: XenAPISession, sr_uuid: str, server: str,
+                serverpath: str) -> Iterator[str]:
     """Yield the ref of SR ``sr_uuid``, introducing it for the duration.
 
     For volumes of the old driver, which kept one SR per volume and
@@ -213,7 +226,7 @@ def attached_sr(session, sr_uuid, server, serverpath):
         recovery.cleanup('SR %s' % sr_uuid, forget_sr, session, sr)
 
 
-def sr_capacity(session, sr):
+def sr_capacity(session: XenAPISession, sr: str) -> tuple[int, int, int]:
     """``(total, used, provisioned)`` bytes of ``sr`` (after a scan)."""
     rec = session.call('SR.get_record', sr)
     return (int(rec.get('physical_size') or 0),
@@ -223,12 +236,12 @@ def sr_capacity(session, sr):
 
 # -- VDIs --------------------------------------------------------------------
 
-def round_size(size):
+def round_size(size: int) -> int:
     """``size`` rounded up to the 2 MiB a file SR allocates by."""
     return -(-int(size) // VDI_BLOCK) * VDI_BLOCK
 
 
-def vdi_by_uuid(session, vdi_uuid):
+def vdi_by_uuid(session: XenAPISession, vdi_uuid: str) -> str | None:
     """The VDI's ref, or ``None`` when the host has no such VDI."""
     try:
         return session.call('VDI.get_by_uuid', vdi_uuid)
@@ -238,7 +251,10 @@ def vdi_by_uuid(session, vdi_uuid):
         raise
 
 
-def create_vdi(session, sr, size, name, description='', other_config=None):
+def create_vdi(session: XenAPISession, sr: str, size: int, name: str,
+               description: str = '',
+               other_config: dict[str, str] | None = None
+               ) -> tuple[str, str]:
     """A new empty VDI of ``size`` bytes; returns ``(ref, uuid)``.
 
     ``other_config`` should mark the VDI uniquely (the cinder volume it
@@ -257,7 +273,7 @@ def create_vdi(session, sr, size, name, description='', other_config=None):
         return ref, session.call('VDI.get_uuid', ref)
 
 
-def destroy_vdi(session, vdi_uuid):
+def destroy_vdi(session: XenAPISession, vdi_uuid: str) -> bool:
     """Destroy a VDI by uuid. ``False`` if it was already gone."""
     ref = vdi_by_uuid(session, vdi_uuid)
     if ref is None:
@@ -276,7 +292,8 @@ def _labelled(session, ref, name, description):
     session.call('VDI.set_name_description', ref, description)
 
 
-def snapshot_vdi(session, ref, name, description=''):
+def snapshot_vdi(session: XenAPISession, ref: str, name: str,
+                 description: str = '') -> tuple[str, str]:
     """A copy-on-write snapshot of ``ref``; returns ``(ref, uuid)``."""
     with recovery.reclaim_lost(session, 'VDI.snapshot',
                                _copies_of(session, ref)):
@@ -286,7 +303,9 @@ def snapshot_vdi(session, ref, name, description=''):
         return snap, session.call('VDI.get_uuid', snap)
 
 
-def clone_vdi(session, ref, name, description='', size=None):
+def clone_vdi(session: XenAPISession, ref: str, name: str,
+              description: str = '',
+              size: int | None = None) -> tuple[str, str]:
     """A writable copy-on-write clone, grown to ``size`` if larger."""
     with recovery.reclaim_lost(session, 'VDI.clone',
                                _copies_of(session, ref)):
@@ -298,7 +317,9 @@ def clone_vdi(session, ref, name, description='', size=None):
         return new, session.call('VDI.get_uuid', new)
 
 
-def copy_vdi(session, ref, sr, name, description='', timeout=3600.0):
+def copy_vdi(session: XenAPISession, ref: str, sr: str, name: str,
+             description: str = '',
+             timeout: float = 3600.0) -> tuple[str, str]:
     """A full, independent copy of ``ref`` into ``sr``."""
     with recovery.reclaim_lost(session, 'VDI.copy',
                                _copies_of(session, ref, sr), lost_task=True):
@@ -308,13 +329,14 @@ def copy_vdi(session, ref, sr, name, description='', timeout=3600.0):
         return new, session.call('VDI.get_uuid', new)
 
 
-def grow_vdi(session, ref, size):
+def grow_vdi(session: XenAPISession, ref: str, size: int) -> None:
     """Grow ``ref`` to at least ``size`` bytes; never shrinks."""
     if int(session.call('VDI.get_virtual_size', ref)) < int(size):
         session.call('VDI.resize', ref, str(round_size(size)))
 
 
-def vdi_chain(session, ref, max_depth=64):
+def vdi_chain(session: XenAPISession, ref: str,
+              max_depth: int = 64) -> list[str]:
     """The uuids of ``ref``'s VHD chain, leaf first, base last."""
     chain = []
     rec = session.call('VDI.get_record', ref)
@@ -357,5 +379,5 @@ def _copies_of(session, ref, sr=None):
     return _lookalikes(session, sr, name, marks, skip=set(before) | {ref})
 
 
-def new_uuid():
+def new_uuid() -> str:
     return str(uuidlib.uuid4())

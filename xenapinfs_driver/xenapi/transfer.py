@@ -19,15 +19,22 @@ says the bytes moved, the task says whether XAPI wrote them.
 The session id travels in the query string, so URLs are never logged.
 """
 
+from __future__ import annotations
+
 import contextlib
 import http.client
 import shutil
+from typing import BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING
 import urllib.parse
 
 from cinder.i18n import _
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.xenapi import tasks
+
+if TYPE_CHECKING:   # for annotations only
+    from xenapinfs_driver.xenapi.session import XenAPISession
 
 CHUNK = 1 << 20
 FORMATS = ('raw', 'vhd')
@@ -63,7 +70,9 @@ def _raise_if_failed(session, held, task, what):
                                     ['TASK_FAILURE'])
 
 
-def import_vdi(session, vdi_ref, source, length, fmt='vhd', progress=None):
+def import_vdi(session: XenAPISession, vdi_ref: str, source: BinaryIO,
+               length: int, fmt: str = 'vhd',
+               progress: Callable[[int], object] | None = None) -> None:
     """Write ``length`` bytes read from file object ``source`` into a VDI.
 
     With ``fmt='vhd'`` the bytes are one VHD whose disk becomes the VDI's
@@ -117,7 +126,7 @@ class _Reader:
         self._url = url
         self._what = what
 
-    def read(self, n=-1):
+    def read(self, n: int = -1) -> bytes:
         try:
             return self._resp.read(n)
         except (OSError, http.client.HTTPException) as exc:
@@ -126,7 +135,8 @@ class _Reader:
 
 
 @contextlib.contextmanager
-def export_vdi(session, vdi_ref, fmt='vhd'):
+def export_vdi(session: XenAPISession, vdi_ref: str,
+               fmt: str = 'vhd') -> Iterator[tuple[_Reader, int | None]]:
     """Yield ``(stream, length)`` for the VDI's disk as ``raw`` or ``vhd``.
 
     ``length`` is ``None`` when the host sends no Content-Length. The
@@ -159,7 +169,8 @@ def export_vdi(session, vdi_ref, fmt='vhd'):
         _finish(session, held, task, what, 200, 'OK')
 
 
-def export_to_file(session, vdi_ref, dest, fmt='vhd'):
+def export_to_file(session: XenAPISession, vdi_ref: str, dest: BinaryIO,
+                   fmt: str = 'vhd') -> int:
     """Save the VDI's disk to the open file ``dest``; return bytes written."""
     with export_vdi(session, vdi_ref, fmt) as (stream, length):
         before = dest.tell()
