@@ -23,7 +23,7 @@ import json
 import sys
 import time
 
-from xenapinfs_driver.cmd import _util
+from xenapinfs_driver.cmd import pipes
 from xenapinfs_driver.vhd import tgz as convertmod
 from xenapinfs_driver.vhd import errors
 from xenapinfs_driver.vhd import format as fmt
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:
         # The reader went away (info | head): not worth a message.
-        _util.silence_stdout()
+        pipes.silence_stdout()
         return 1
     except OSError as exc:
         progress.done()

@@ -47,7 +47,7 @@ import errno
 import getopt
 import sys
 
-from xenapinfs_driver.cmd import _util
+from xenapinfs_driver.cmd import pipes
 from xenapinfs_driver.cmd import vhdutil_common as common
 from xenapinfs_driver.cmd import vhdutil_create as creating
 from xenapinfs_driver.cmd import vhdutil_edit as editing
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         _err(name, exc)
         return errno.EINVAL
     except BrokenPipeError:
-        _util.silence_stdout()
+        pipes.silence_stdout()
         return errno.EPIPE
     except OSError as exc:
         where = '%s: ' % _p(exc.filename) if exc.filename else ''
