@@ -11,9 +11,11 @@
 # under the License.
 """Build VHD chains and XenServer tarballs in code, with the expected disk.
 
-The expected disk is computed here by the plainest possible overlay (base
-first, each newer layer's present sectors on top), independently of the
-library's composer, so a test compares two different computations.
+The files are encoded by tests/vhd_encoder.py, which shares no code with
+the library, and the expected disk is computed here by the plainest
+possible overlay (base first, each newer layer's present sectors on top),
+independently of the library's composer: a test compares the library's
+reading with two computations of its own.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ import io
 import random
 import tarfile
 
-from xenapinfs_driver.vhd import format as fmt
-from xenapinfs_driver.vhd import writer
+from tests import vhd_encoder as enc
 
 MiB = 1 << 20
-BS = writer.DEFAULT_BLOCK
-SECTOR = fmt.SECTOR
+BS = enc.DEFAULT_BLOCK
+SECTOR = enc.SECTOR
 
 
 @dataclasses.dataclass
@@ -87,11 +88,11 @@ def expected_disk(specs_newest_first) -> bytes:
 
 
 def _bitmap(sectors, block_size):
-    return None if sectors is None else writer.bitmap_of(sectors, block_size)
+    return None if sectors is None else enc.bitmap(sectors, block_size)
 
 
 def build_chain(specs_newest_first, *, order='index', rnd=None,
-                max_table_entries=None, batmap=True, creator=fmt.CREATOR_TAP,
+                max_table_entries=None, batmap=True, creator=enc.TAP_CREATOR,
                 names=None, unique_ids=None, hidden=True, **kw) -> list:
     """Return the VHD files of a chain as bytes, newest first.
 
@@ -104,26 +105,22 @@ def build_chain(specs_newest_first, *, order='index', rnd=None,
     files = [None] * n
     for pos in range(n - 1, -1, -1):
         spec = specs_newest_first[pos]
-        blocks = {idx: (_bitmap(sectors, spec.block_size), data)
-                  for idx, (sectors, data) in spec.blocks.items()}
-        keys = sorted(blocks)
+        keys = sorted(spec.blocks)
         if order == 'reverse':
             keys.reverse()
         elif order == 'random':
             rnd.shuffle(keys)
         parent = None
         if pos + 1 < n:
-            parent = writer.Parent(
+            parent = enc.Parent(
                 ids[pos + 1], names[pos + 1], 0,
-                writer.xenserver_locators(names[pos + 1]))
-        buf = io.BytesIO()
-        writer.write_dynamic(
-            buf, spec.size, blocks, order=keys, parent=parent,
+                enc.xenserver_locators(names[pos + 1]))
+        files[pos] = enc.encode_dynamic(
+            spec.size, spec.blocks, order=keys, parent=parent,
             block_size=spec.block_size,
             max_table_entries=max_table_entries, batmap=batmap,
             hidden=hidden and pos > 0, unique_id=ids[pos], creator=creator,
             **kw)
-        files[pos] = buf.getvalue()
     return files
 
 
