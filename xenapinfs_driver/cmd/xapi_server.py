@@ -117,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
                    default=collector.DEFAULT_DELAY,
                    help='how long after a VDI destroy, snapshot, clone or '
                    'SR scan a pass starts (default %(default)s)')
+    p.add_argument('--dom0-plugins', choices=('builtin', 'os-xenapi'),
+                   default='builtin',
+                   help="who answers host.call_plugin: our stand-in "
+                   "(builtin, the default) or os-xenapi's own dom0 plugins, "
+                   'run on Python 3 through a shim (os-xenapi must be '
+                   'installed)')
     p.add_argument('-v', '--verbose', action='store_true',
                    help='log HTTP requests too')
     return p
@@ -149,8 +155,8 @@ def main(argv=None) -> int:
             exports=args.export, sr_size=args.sr_size,
             tls_cert=args.tls_cert, tls_key=args.tls_key,
             forget_srs=args.forget_srs, gc=args.gc,
-            gc_delay=args.gc_delay).start()
-    except (OSError, ValueError) as exc:
+            gc_delay=args.gc_delay, dom0_plugins=args.dom0_plugins).start()
+    except (OSError, ValueError, RuntimeError) as exc:
         print('%s: cannot start: %s' % (PROG, exc), file=sys.stderr)
         return 1
     old = {sig: signal.signal(sig, on_signal)

@@ -21,19 +21,18 @@ against a small HTTP server in the test.
 
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import os
 import random
 import tarfile
-import threading
 import uuid
 
 import pytest
 
 from tests import stack_fixture
 from tests import vhd_factory as vf
+from tests.unit.testing import glancefake
 from xenapinfs_driver.testing.stack import glance as glancemod
 from xenapinfs_driver.testing.xapi import dom0_glance as dg
 from xenapinfs_driver.vhd import format as fmt
@@ -42,6 +41,7 @@ from xenapinfs_driver.vhd import ops
 from xenapinfs_driver.vhd import tgz
 
 glance_service = stack_fixture.glance_service
+fake_glance = glancefake.fake_glance
 
 P1 = glancemod.identity_headers('project-one', 'user-one')
 P2 = glancemod.identity_headers('project-two', 'user-two')
@@ -49,20 +49,7 @@ P2 = glancemod.identity_headers('project-two', 'user-two')
 
 # -- helpers ------------------------------------------------------------------
 
-def tgz_bytes(members, directories=('.',)) -> bytes:
-    """A tar.gz of [(name, bytes)], directory entries ('./') first."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode='w:gz', compresslevel=1,
-                      format=tarfile.GNU_FORMAT) as tf:
-        for name in directories:
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.DIRTYPE
-            tf.addfile(info)
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+tgz_bytes = glancefake.tgz_bytes
 
 
 def uuids(n=16) -> list:
@@ -442,77 +429,6 @@ def test_upload_refuses_a_path_for_a_uuid(glance_service, sr):
 
 
 # -- against a scripted HTTP server -------------------------------------------
-
-class Script:
-    """What the fake glance answers, and what it was sent."""
-
-    def __init__(self):
-        self.download = (200, {}, b'')
-        self.get_status = 'queued'
-        self.put_status = 204
-        self.requests = []
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status, headers=None, body=b''):
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _body(self):
-        if self.headers.get('Transfer-Encoding') == 'chunked':
-            out = b''
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                out += self.rfile.read(size)
-                self.rfile.readline()
-                if not size:
-                    return out
-        return self.rfile.read(int(self.headers.get('Content-Length', 0)))
-
-    def do_GET(self):
-        script = self.server.script
-        script.requests.append(('GET', self.path, dict(self.headers), b''))
-        if self.path.endswith('/file'):
-            self._reply(*script.download)
-        else:
-            self._reply(200, {'Content-Type': 'application/json'},
-                        json.dumps({'status': script.get_status}).encode())
-
-    def do_PATCH(self):
-        self.server.script.requests.append(
-            ('PATCH', self.path, dict(self.headers), self._body()))
-        self._reply(200)
-
-    def do_PUT(self):
-        script = self.server.script
-        script.requests.append(('PUT', self.path, dict(self.headers),
-                                self._body()))
-        self._reply(script.put_status)
-
-
-@pytest.fixture
-def fake_glance():
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    server.daemon_threads = True
-    server.script = Script()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                              daemon=True)
-    thread.start()
-    server.url = 'http://127.0.0.1:%d/image-api' % server.server_port
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
 
 @pytest.fixture(scope='module')
 def small_tgz():

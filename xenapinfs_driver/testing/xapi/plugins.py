@@ -24,6 +24,10 @@ are mapped onto ``dom0_glance`` (another module of this package), with the
 dom0 ``sr_path`` resolved under the server's root. With an export quota,
 a download that leaves the export over it is undone and fails like a
 full disk does in dom0 (``OSError``, errno 28).
+
+With ``dom0_plugins='os-xenapi'``, os-xenapi's own plugins answer instead
+(see ``osxenapi``), through the same faults, quota and ``sr_path`` checks;
+the table below is then only the list of what exists.
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ import threading
 
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import faults
+from xenapinfs_driver.testing.xapi import osxenapi
 from xenapinfs_driver.testing.xapi import wire
 
 LOG = logging.getLogger(__name__)
 PLUGIN_VERSION = '2.1'
 MAX_PICKLE = 1 << 20
+IMPLEMENTATIONS = ('builtin', 'os-xenapi')
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -81,10 +87,20 @@ def _upload_sig(vdi_uuids, image_id, endpoint, sr_path, extra_headers,
 class Plugins:
     """The plugin table; tests may replace the glance implementation."""
 
-    def __init__(self, server):
+    def __init__(self, server, dom0_plugins: str = 'builtin'):
+        if dom0_plugins not in IMPLEMENTATIONS:
+            raise ValueError('dom0_plugins must be one of %s, not %r'
+                             % (', '.join(IMPLEMENTATIONS), dom0_plugins))
         self.server = server
+        self.implementation = dom0_plugins
+        self.runner = osxenapi.Runner(server.root) \
+            if dom0_plugins == 'os-xenapi' else None
         self._glance = None
         self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
 
     def set_glance(self, impl) -> None:
         """Use impl (with dom0_glance's functions) instead of dom0_glance."""
@@ -120,7 +136,10 @@ class Plugins:
                 call.disk_full = False
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             with self.server.collector.plugin_call():
-                result = dumps(table[plugin][fn](call, args))
+                if self.runner is not None:
+                    result = self._real(call, plugin, fn, args)
+                else:
+                    result = dumps(table[plugin][fn](call, args))
         except errors.XapiError:
             raise
         except Exception as exc:    # what XenAPIPlugin.dispatch reports
@@ -161,14 +180,8 @@ class Plugins:
                           % (sr_path,))
         return path
 
-    def _download(self, call, args):
-        p = self._params(args, _download_sig)
-        sr_dir = self._sr_dir(p['sr_path'])
-        before = set(os.listdir(sr_dir))
-        result = self.glance().download_vhd2(
-            sr_dir, image_id=p['image_id'], endpoint=p['endpoint'],
-            uuid_stack=p['uuid_stack'], extra_headers=p['extra_headers'],
-            api_version=p['api_version'])
+    def _undo_if_full(self, call, sr_dir, before) -> None:
+        """A download that left the export over its quota is undone."""
         try:
             self.server.storage.check_space(call, os.path.dirname(sr_dir))
         except errors.DiskFull:
@@ -177,6 +190,16 @@ class Plugins:
                 if os.path.isfile(path):
                     os.unlink(path)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+
+    def _download(self, call, args):
+        p = self._params(args, _download_sig)
+        sr_dir = self._sr_dir(p['sr_path'])
+        before = set(os.listdir(sr_dir))
+        result = self.glance().download_vhd2(
+            sr_dir, image_id=p['image_id'], endpoint=p['endpoint'],
+            uuid_stack=p['uuid_stack'], extra_headers=p['extra_headers'],
+            api_version=p['api_version'])
+        self._undo_if_full(call, sr_dir, before)
         return result
 
     def _upload(self, call, args):
@@ -186,6 +209,47 @@ class Plugins:
             sr_dir, vdi_uuids=p['vdi_uuids'], image_id=p['image_id'],
             endpoint=p['endpoint'], extra_headers=p['extra_headers'],
             properties=p['properties'], api_version=p['api_version'])
+
+    # -- os-xenapi's own ------------------------------------------------------
+
+    def _real(self, call, plugin, fn, args):
+        args, sr_dir = self._dom0_args(fn, args)
+        before = set(os.listdir(sr_dir)) if sr_dir else None
+        result = self.runner.call(call.session, plugin, fn, args)
+        if fn == 'download_vhd2' and sr_dir:
+            self._undo_if_full(call, sr_dir, before)
+        return result
+
+    def _dom0_args(self, fn, args):
+        """args with sr_path under the root (as the plugin sees the SR),
+        and the SR's real directory; unchanged when there is none."""
+        if fn not in SR_PATH_ARG or not isinstance(args, dict) or \
+                'params' not in args:
+            return args, None
+        params = loads(args['params'])
+        if not isinstance(params, dict):
+            return args, None
+        pargs = list(params.get('args', ()))
+        kwargs = dict(params.get('kwargs', {}))
+        index = SR_PATH_ARG[fn]
+        if 'sr_path' in kwargs:
+            sr_path = kwargs['sr_path']
+        elif len(pargs) > index:
+            sr_path = pargs[index]
+        else:
+            return args, None       # the plugin says what is missing
+        sr_dir = self._sr_dir(sr_path)
+        mapped = os.path.join(self.server.root, sr_path.lstrip('/'))
+        if 'sr_path' in kwargs:
+            kwargs['sr_path'] = mapped
+        else:
+            pargs[index] = mapped
+        return dict(args, params=dumps({'args': pargs,
+                                        'kwargs': kwargs})), sr_dir
+
+
+# Where a glance.py function takes sr_path when it comes positionally.
+SR_PATH_ARG = {'download_vhd2': 3, 'upload_vhd2': 3}
 
 
 def host_call_plugin(call, host: wire.HostRef, plugin: wire.String,

@@ -90,6 +90,9 @@ class XapiServer:
     :param gc: ``auto``: the storage manager's garbage collector runs
         gc_delay seconds after the calls that leave work for it; ``off``:
         only the ``testing.gc_*`` controls run it (see ``collector``).
+    :param dom0_plugins: who answers ``host.call_plugin``: ``'builtin'``
+        (our stand-in) or ``'os-xenapi'`` (its real plugins, see
+        ``osxenapi``).
     :raises persist.CorruptDatabase: the root's database file is not one.
     """
 
@@ -98,7 +101,8 @@ class XapiServer:
                  slave_listen=None, exports=(), sr_size: int | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None,
                  forget_srs: bool = False, gc: str = 'auto',
-                 gc_delay: float = collectormod.DEFAULT_DELAY):
+                 gc_delay: float = collectormod.DEFAULT_DELAY,
+                 dom0_plugins: str = 'builtin'):
         if bool(tls_cert) != bool(tls_key):
             raise ValueError('tls_cert and tls_key go together')
         self.root = os.path.realpath(root)
@@ -111,7 +115,7 @@ class XapiServer:
         self.sessions = sessionsmod.Sessions(self.db, username, password)
         self.faults = faultsmod.Faults()
         self.calls = faultsmod.CallLog()
-        self.plugins = pluginsmod.Plugins(self)
+        self.plugins = pluginsmod.Plugins(self, dom0_plugins)
         self.collector = collectormod.Collector(self, gc, gc_delay)
         self.master_address = _address(self.listen[0])
         self.store = persist.Store(self.root)
@@ -194,6 +198,7 @@ class XapiServer:
         self.collector.stop(JOIN_TIMEOUT)
         for listener in self._listeners:
             listener.close_all(JOIN_TIMEOUT)
+        self.plugins.stop()
         for thread in self._serving:
             thread.join(JOIN_TIMEOUT)
         with self._lock:
