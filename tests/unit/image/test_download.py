@@ -386,3 +386,9 @@ class PluginDownloadTestCase(GlanceCaller, test_driver.DriverTestBase):
                     {'id': theirs, 'container_format': 'ovf',
                      'disk_format': 'vhd'}, self.images)
         self.assertIn('404', str(err.exception))
+
+
+class OsXenapiPluginDownloadTestCase(PluginDownloadTestCase):
+    """The same, with os-xenapi's own glance.py answering in dom0."""
+
+    server_kwargs = {'dom0_plugins': 'os-xenapi'}

@@ -227,3 +227,9 @@ class PluginUploadTestCase(test_download.GlanceCaller,
                 self.driver.copy_volume_to_image(self.context, vol,
                                                  self.images, meta)
         self.assertIn('status is active', str(err.exception))
+
+
+class OsXenapiPluginUploadTestCase(PluginUploadTestCase):
+    """The same, with os-xenapi's own glance.py answering in dom0."""
+
+    server_kwargs = {'dom0_plugins': 'os-xenapi'}
