@@ -58,6 +58,18 @@ def pytest_addoption(parser):
              "cinder's eventlet; green: only those that run cinder "
              'in-process; all (default): both, which works only when the '
              'selection holds one kind')
+    parser.addoption(
+        '--dom0-plugins', choices=('builtin', 'os-xenapi'), default=None,
+        help="who answers host.call_plugin in the XenAPI test servers the "
+             'tests start (in-process and end-to-end) unless a test says: '
+             "our stand-in (builtin, the default) or os-xenapi's own")
+
+
+def pytest_configure(config):
+    choice = config.getoption('dom0_plugins')
+    if choice:
+        from tests import xapi_fixture
+        xapi_fixture.DOM0_PLUGINS = choice
 
 
 def pytest_ignore_collect(collection_path, config):

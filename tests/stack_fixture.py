@@ -112,9 +112,10 @@ def glance_service(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running_xapi(root, verbose: bool = False):
+def running_xapi(root, verbose: bool = False, dom0_plugins=None):
     """The XenAPI test server as its own process, as a host would be:
-    ``EXPORT``, ``USERNAME`` and ``PASSWORD`` of tests/xapi_fixture.py.
+    ``EXPORT``, ``USERNAME`` and ``PASSWORD`` of tests/xapi_fixture.py,
+    and its ``DOM0_PLUGINS`` unless ``dom0_plugins`` says.
 
     Yields the ``Popen`` with ``url``, ``root`` (dom0's files) and
     ``log`` (its log file, ``root/xapi.log``) set. ``verbose`` logs each
@@ -131,7 +132,8 @@ def running_xapi(root, verbose: bool = False):
     argv = [sys.executable, '-m', 'xenapinfs_driver.cmd.xapi_server',
             '--listen', '127.0.0.1:0', '--root', os.path.join(root, 'dom0'),
             '--username', xapi_fixture.USERNAME, '--password-file', pwfile,
-            '--export', '%s:%s' % (server, path)]
+            '--export', '%s:%s' % (server, path),
+            '--dom0-plugins', dom0_plugins or xapi_fixture.DOM0_PLUGINS]
     if verbose:
         argv.append('--verbose')
     with open(log, 'w') as logf:

@@ -24,8 +24,10 @@ In a test module (or better, a ``conftest.py``)::
 export (``EXPORT``), user ``USERNAME`` and password ``PASSWORD``; it is
 stopped, and its files removed, after the test. ``running_server(...)``
 does the same as a context manager, with any ``XapiServer`` keyword
-(``slave_listen``, ``sr_size``, ``tls_cert``, ``gc``...); the garbage
-collector is ``off`` unless a test asks for it. ``Control(url)`` drives
+(``slave_listen``, ``sr_size``, ``tls_cert``, ``gc``, ``dom0_plugins``...);
+the garbage collector is ``off`` unless a test asks for it, and the dom0
+plugins are ``DOM0_PLUGINS`` unless given (pytest's ``--dom0-plugins``
+sets it). ``Control(url)`` drives
 the test-only ``testing.*`` calls (faults, call log, state) over the wire,
 so it works on a server in another process too.
 """
@@ -46,6 +48,8 @@ USERNAME = 'root'
 PASSWORD = 'xapi-test-secret'
 EXPORT = ('nfs.example', '/srv/cinder')
 DEVICE_CONFIG = {'server': EXPORT[0], 'serverpath': EXPORT[1]}
+# Who answers host.call_plugin: 'builtin' or 'os-xenapi'.
+DOM0_PLUGINS = 'builtin'
 
 
 @contextlib.contextmanager
@@ -57,6 +61,7 @@ def running_server(root: str | None = None, **kwargs):
     kwargs.setdefault('gc', 'off')
     kwargs.setdefault('username', USERNAME)
     kwargs.setdefault('password', PASSWORD)
+    kwargs.setdefault('dom0_plugins', DOM0_PLUGINS)
     with contextlib.ExitStack() as stack:
         if root is None:
             root = stack.enter_context(tempfile.TemporaryDirectory(

@@ -12,6 +12,7 @@
 """``xenapinfs-xapi-server`` as a process: ready line, logs, SIGTERM."""
 
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -41,7 +42,8 @@ def test_runs_and_stops_on_sigterm(tmp_path):
         [sys.executable, '-m', 'xenapinfs_driver.cmd.xapi_server',
          '--root', str(root), '--password-file', str(pwfile),
          '--export', 'nfs.example:/srv/cinder',
-         '--slave-listen', '127.0.0.2:0', '--sr-size', str(1 << 30)],
+         '--slave-listen', '127.0.0.2:0', '--sr-size', str(1 << 30),
+         '--dom0-plugins', 'os-xenapi'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.dirname(os.path.abspath(__file__))))))
@@ -53,6 +55,19 @@ def test_runs_and_stops_on_sigterm(tmp_path):
         session.xenapi.login_with_password('root', SECRET, '1.0', 'cmd')
         sr = xapi_fixture.create_sr(session)
         assert session.xenapi.SR.get_physical_size(sr) == str(1 << 30)
+        host = session.xenapi.session.get_this_host(session.handle)
+        sr_path = '/var/run/sr-mount/' + session.xenapi.SR.get_uuid(sr)
+        params = pickle.dumps({'args': [['no-such-vdi'], 'img', 'http://g',
+                                        sr_path, {}, {}], 'kwargs': {}},
+                              protocol=0).decode('latin-1')
+        # os-xenapi's own plugin answers: its os.link fails, where our
+        # stand-in would refuse the uuid (PluginError).
+        with pytest.raises(XenAPI.Failure) as exc:
+            session.xenapi.host.call_plugin(host, 'glance.py', 'upload_vhd2',
+                                            {'params': params})
+        assert exc.value.details[:3] == ['XENAPI_PLUGIN_FAILURE',
+                                         'upload_vhd2', 'FileNotFoundError']
+        assert sr_path + '/no-such-vdi.vhd' in exc.value.details[3]
         with pytest.raises(XenAPI.Failure):
             XenAPI.Session(url).xenapi.login_with_password('root', WRONG)
         member = XenAPI.Session(url.replace('127.0.0.1', '127.0.0.2'))
@@ -77,6 +92,7 @@ def test_runs_and_stops_on_sigterm(tmp_path):
     ['--root', 'x', '--password', 'p', '--listen', 'nowhere'],
     ['--root', 'x', '--password', 'p', '--export', 'nfs:relative'],
     ['--root', 'x', '--password', 'p', '--sr-size', '-1'],
+    ['--root', 'x', '--password', 'p', '--dom0-plugins', 'nova'],
 ])
 def test_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
