@@ -24,10 +24,11 @@ PBD), ``probe`` (``SR.probe``),
 ``vdis`` (VDI calls), ``vdifiles`` (scan, garbage collection),
 ``vhdio`` (chains, content replacement), ``transfer`` and ``importer``
 (``/import_raw_vdi``, ``/export_raw_vdi``), ``plugins``
-(``host.call_plugin``), ``collector``, ``gcplan`` and ``coalesce``
-(the storage manager's background garbage collector), ``faults``,
-``control`` and ``gcctl`` (test-only fault injection and controls),
-``errors`` (failure codes).
+(``host.call_plugin``; ``dom0_*`` our dom0 glance plugin, ``osxenapi``
+and its ``osxenapi_shim`` os-xenapi's real one), ``collector``,
+``gcplan`` and ``coalesce`` (the storage manager's background garbage
+collector), ``faults``, ``control`` and ``gcctl`` (test-only fault
+injection and controls), ``errors`` (failure codes).
 """
 
 from xenapinfs_driver.testing.xapi.server import XapiServer  # noqa: F401
