@@ -28,6 +28,7 @@ with its defaults filled in.
 from __future__ import annotations
 
 import copy
+import xmlrpc.client
 
 from xenapinfs_driver.testing.xapi import errors
 
@@ -91,13 +92,38 @@ class Set(WireType):
             all(self.element.accepts(v) for v in value)
 
 
-class _StringMap(WireType):
-    """A ``(string -> string) map``: a struct of strings."""
+class MapOf(WireType):
+    """A ``(K -> V) map``: a struct, whose member names are the keys
+    written as strings (refs, enum names, ints as decimals)."""
+
+    def __init__(self, key: WireType, value: WireType):
+        self.key = key
+        self.value = value
 
     def accepts(self, value) -> bool:
         return isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str)
+            self.key.accepts(k) and self.value.accepts(v)
             for k, v in value.items())
+
+
+class Enum(WireType):
+    """An enum: one of its value names, as a string.
+
+    XAPI reads enum names case-insensitively (the old cinder library sent
+    ``'disk'`` for ``Disk``); decoding gives the name as the model spells
+    it, so that records only ever hold the model's spelling.
+    """
+
+    def __init__(self, name: str, values):
+        self.name = name
+        self.values = tuple(values)
+        self._by_lower = {v.lower(): v for v in self.values}
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, str) and value.lower() in self._by_lower
+
+    def decode(self, name: str, value) -> str:
+        return self._by_lower[super().decode(name, value).lower()]
 
 
 class _Struct(WireType):
@@ -154,7 +180,8 @@ String = Plain(str)
 Bool = Plain(bool)
 Float = Plain((int, float), exclude=(bool,))
 Int = _IntAsString()
-Map = _StringMap()
+Map = MapOf(String, String)
+DateTime = Plain(xmlrpc.client.DateTime)
 Struct = _Struct()
 # Refs by name: a string in an annotation would read as a forward
 # reference to linters.
@@ -166,6 +193,32 @@ PBDRef = Ref('PBD')
 VDIRef = Ref('VDI')
 VBDRef = Ref('VBD')
 VMRef = Ref('VM')
+
+
+_SCALARS = {'string': String, 'bool': Bool, 'float': Float, 'int': Int,
+            'datetime': DateTime}
+
+
+def parse(ty: str, enums: dict) -> WireType:
+    """The wire type of a type as XAPI's data model writes it:
+    ``int``, ``VDI ref``, ``enum vdi_type``, ``string set``,
+    ``(string -> enum vdi_operations) map``...
+
+    :param enums: enum name -> its value names.
+    """
+    if ty in _SCALARS:
+        return _SCALARS[ty]
+    if ty.endswith(' set'):
+        return Set(parse(ty[:-len(' set')], enums))
+    if ty.startswith('(') and ty.endswith(') map'):
+        key, value = ty[1:-len(') map')].split(' -> ', 1)
+        return MapOf(parse(key, enums), parse(value, enums))
+    if ty.endswith(' ref'):
+        return Ref(ty[:-len(' ref')])
+    if ty.startswith('enum '):
+        name = ty[len('enum '):]
+        return Enum(name, enums[name])
+    raise ValueError('no wire type for %r' % ty)
 
 
 def _has_nil(value) -> bool:
