@@ -293,7 +293,9 @@ def test_shared_pbds_keep_their_own_maps():
         x = session.xenapi
         sr = xapi_fixture.create_sr(session, shared=True)
         one, two = x.SR.get_PBDs(sr)
-        x.PBD.add_to_device_config(one, 'k', 'v')
+        # device_config has only the explicit setter (it is not RW).
+        x.PBD.set_device_config(one, dict(x.PBD.get_device_config(one),
+                                          k='v'))
         x.PBD.add_to_other_config(one, 'k', 'v')
         assert 'k' not in x.PBD.get_device_config(two)
         assert x.PBD.get_other_config(two) == {}

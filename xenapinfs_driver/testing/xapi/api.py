@@ -11,15 +11,22 @@
 # under the License.
 """The method table and the dispatch of one XML-RPC call.
 
-Checks come in XAPI's order: the method must exist
-(``MESSAGE_METHOD_UNKNOWN``), the parameter count must fit
-(``MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]``, the
-session not counted), every argument must have its parameter's wire type
-(``FIELD_TYPE_ERROR [parameter name]``, see ``wire``), then the session
-must be live (``SESSION_INVALID [ref]``). A handler is
-``func(call, *args)``; its signature gives the parameter names, counts
-and wire types (an annotation on every parameter). ``Async.<Class>.<m>``
-runs the handler in a thread of its own and answers a task ref at once.
+Checks come in the order of XAPI's generated server: the method must
+exist (``MESSAGE_METHOD_UNKNOWN``, also for ``Class_message``, which
+names the sync form too), the parameter count must fit
+(``MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]``: the
+parameters without a default, and what came, the session not counted; a
+message with defaulted parameters takes any count above that and ignores
+what it has no parameter for), every argument must have its parameter's
+wire type (``FIELD_TYPE_ERROR [parameter name]``, see ``wire``), then the
+session must be live (``SESSION_INVALID [ref]``). Only then does a
+removed message answer ``MESSAGE_REMOVED`` and an ``Async.`` call of a
+message without an async form answer a ``Fault``.
+
+A handler is ``func(call, *args)``; its signature gives the parameter
+names, counts and wire types (an annotation on every parameter).
+``Async.<Class>.<m>`` runs the handler in a thread of its own and answers
+a task ref at once.
 """
 
 from __future__ import annotations
@@ -73,12 +80,15 @@ class Method:
     required: int
     types: tuple                    # a wire.WireType per parameter
     session: bool = True
+    asynchronous: bool = False      # has an Async form
+    removed: bool = False           # answers MESSAGE_REMOVED
     # testing.*: no session needed, but one sent first is tolerated, so
     # that a logged-in XenAPI.Session can call them too.
     testing: bool = False
 
 
-def method(name, func, session=True, testing=False) -> Method:
+def method(name, func, session=True, testing=False,
+           asynchronous=False) -> Method:
     """The Method of a handler, whose parameters all carry wire types."""
     sig = list(inspect.signature(func, eval_str=True).parameters.values())
     sig = sig[1:]                   # the Call
@@ -89,7 +99,34 @@ def method(name, func, session=True, testing=False) -> Method:
                                                      ', '.join(untyped)))
     required = sum(1 for p in sig if p.default is inspect.Parameter.empty)
     return Method(name, func, tuple(p.name for p in sig), required,
-                  tuple(p.annotation for p in sig), session, testing)
+                  tuple(p.annotation for p in sig), session, asynchronous,
+                  testing=testing)
+
+
+def removed(name: str) -> Method:
+    """A message XAPI has removed. The model keeps no parameters for it:
+    any count is taken, the first being the session."""
+    def answer(call):
+        raise errors.XapiError('MESSAGE_REMOVED')
+    return Method(name, answer, (), 0, (), removed=True)
+
+
+def no_async(name: str) -> errors.XapiError:
+    """What XAPI answers an ``Async.`` call of a sync-only message."""
+    return errors.XapiError('Fault', 'No async mode for this operation '
+                            '(rpc: %s)' % name)
+
+
+def lookup(methods: dict, name: str):
+    """The Method called name, or None; then whether it is Async."""
+    if name.startswith(ASYNC):
+        # XAPI names the sync form in its answers; Class_message has no
+        # Async form.
+        return methods.get(name[len(ASYNC):]), True, name[len(ASYNC):]
+    m = methods.get(name)
+    if m is None and '_' in name and '.' not in name:
+        m = methods.get(name.replace('_', '.', 1))
+    return m, False, name
 
 
 def dispatch(call: Call, params: tuple, fault=None):
@@ -99,25 +136,30 @@ def dispatch(call: Call, params: tuple, fault=None):
         caller has already dealt with ``drop`` and ``drop_after``.
     """
     server = call.server
-    is_async = call.name.startswith(ASYNC)
-    inner = call.name[len(ASYNC):] if is_async else call.name
-    m = server.methods.get(inner)
-    if m is None or (is_async and not m.session):
-        raise errors.XapiError('MESSAGE_METHOD_UNKNOWN', call.name)
+    m, is_async, inner = lookup(server.methods, call.name)
+    if m is None or (is_async and m.testing):
+        raise errors.XapiError('MESSAGE_METHOD_UNKNOWN', inner)
     args = list(params)
     if m.testing and len(args) == len(m.params) + 1 and \
             isinstance(args[0], str) and args[0].startswith('OpaqueRef:'):
         args.pop(0)
     received = len(args) - 1 if m.session else len(args)
-    if not m.required <= received <= len(m.params):
+    defaults = m.required < len(m.params) or m.removed
+    if received < m.required or (received > len(m.params) and
+                                 not defaults):
         raise errors.XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', call.name,
-                               len(m.params), received)
+                               m.required, received)
+    del args[len(m.params) + (1 if m.session else 0):]
     names = (('session_id',) if m.session else ()) + m.params
     types = ((SESSION,) if m.session else ()) + m.types
     args = [wire.decode(pname, kind, value)
             for pname, kind, value in zip(names, types, args)]
     if m.session:
         call.session = server.sessions.touch(args.pop(0))
+    if m.removed:
+        m.func(call)
+    if is_async and not m.asynchronous:
+        raise no_async(inner)
     if fault is not None and fault.action == 'error':
         raise errors.XapiError(*fault.error)
     if fault is not None and fault.action == 'disk_full':

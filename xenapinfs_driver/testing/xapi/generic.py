@@ -9,10 +9,18 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
-"""The methods every class has: get_record, get_<field>, set_<field>...
+"""The methods XAPI generates for every class (its implicit messages).
 
-A field's wire type comes from its default in ``schema``; a type error in
-a setter or a map or tag editor names the field, not the parameter.
+``get_record``, ``get_by_uuid``, ``get_<field>`` for every field;
+``get_by_name_label`` and the ``get_all`` family where the class has
+them; for a field a client may write, ``set_<field>``, and
+``add_to_<field>``/``remove_from_<field>`` for a map or
+``add_<field>``/``remove_<field>`` for a set. A field the model has
+removed keeps its key in the record, but its getter answers
+``MESSAGE_REMOVED`` (the dispatcher does that, see ``api``).
+
+A field's wire type is the schema's; a type error in a setter or an
+editor names the field, not the parameter.
 
 No ``from __future__ import annotations`` here: the handlers are closures
 whose wire types depend on the class and field, so their annotations must
@@ -23,21 +31,14 @@ from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import schema
 from xenapinfs_driver.testing.xapi import wire
 
-# No client sets a DateTime field: none is writable.
-_KINDS = ((bool, wire.Bool), (str, wire.String), (float, wire.Float),
-          (dict, wire.Map), (list, wire.Set(wire.String)))
-
 
 def field_type(cls: str, field: str) -> wire.WireType:
     """The wire type of a field, named after it for faults."""
-    default = schema.SCHEMAS[cls].fields[field]
-    value = default() if callable(default) else default
-    kind = next(k for t, k in _KINDS if isinstance(value, t))
-    return wire.Named(field, kind)
+    return wire.Named(field, schema.SCHEMAS[cls].types[field])
 
 
 def methods(cls: str) -> dict:
-    """get_record, get_<field>, set_<field>, add_to_<map>... of cls."""
+    """The implicit messages of cls, by wire name."""
     sch = schema.SCHEMAS[cls]
     ref = wire.Ref(cls)
     out = {}
@@ -57,23 +58,30 @@ def methods(cls: str) -> dict:
         def get_all_records(call):
             return {r: call.db.record(cls, r) for r in call.db.refs(cls)}
 
+        def get_all_where(call, expr: wire.String):
+            return list(call.db.where(cls, expr))
+
         def get_all_records_where(call, expr: wire.String):
             return call.db.where(cls, expr)
         out.update(get_all=get_all, get_all_records=get_all_records,
+                   get_all_where=get_all_where,
                    get_all_records_where=get_all_records_where)
-        if 'name_label' in sch.fields:
-            def get_by_name_label(call, label: wire.String):
-                return call.db.find(cls, name_label=label)
-            out['get_by_name_label'] = get_by_name_label
+    if sch.by_name_label and 'name_label' in sch.fields:
+        def get_by_name_label(call, label: wire.String):
+            return call.db.find(cls, name_label=label)
+        out['get_by_name_label'] = get_by_name_label
     for field in schema.all_fields(cls):
-        out['get_' + field] = _getter(cls, field)
+        if field not in sch.removed:
+            out['get_' + field] = _getter(cls, field)
     for field in sch.writable:
         out['set_' + field] = _setter(cls, field)
+    for field in sch.editable:
         if field in sch.maps():
             out['add_to_' + field], out['remove_from_' + field] = \
                 _map_editors(cls, field)
-    if 'tags' in sch.writable:
-        out['add_tags'], out['remove_tags'] = _tag_editors(cls)
+        if field in sch.sets():
+            out['add_' + field], out['remove_' + field] = \
+                _set_editors(cls, field)
     return {'%s.%s' % (cls, name): f for name, f in out.items()}
 
 
@@ -93,9 +101,11 @@ def _setter(cls, field):
 
 
 def _map_editors(cls, field):
-    key_type = wire.Named(field, wire.String)
+    kind = schema.SCHEMAS[cls].types[field]
+    key_type = wire.Named(field, kind.key)
+    value_type = wire.Named(field, kind.value)
 
-    def add(call, self: wire.Ref(cls), key: key_type, value: key_type):
+    def add(call, self: wire.Ref(cls), key: key_type, value: value_type):
         with call.db.lock:
             rec = call.db.get(cls, self)
             if key in rec[field]:
@@ -111,20 +121,22 @@ def _map_editors(cls, field):
     return add, remove
 
 
-def _tag_editors(cls):
-    tag = wire.Named('tags', wire.String)
+def _set_editors(cls, field):
+    # A set holds a value once: adding it again or removing an absent one
+    # changes nothing and is no error.
+    element = wire.Named(field, schema.SCHEMAS[cls].types[field].element)
 
-    def add(call, self: wire.Ref(cls), value: tag):
+    def add(call, self: wire.Ref(cls), value: element):
         with call.db.lock:
-            tags = call.db.get(cls, self)['tags']
-            if value not in tags:
-                tags.append(value)
+            values = call.db.get(cls, self)[field]
+            if value not in values:
+                values.append(value)
         return ''
 
-    def remove(call, self: wire.Ref(cls), value: tag):
+    def remove(call, self: wire.Ref(cls), value: element):
         with call.db.lock:
-            tags = call.db.get(cls, self)['tags']
-            if value in tags:
-                tags.remove(value)
+            values = call.db.get(cls, self)[field]
+            if value in values:
+                values.remove(value)
         return ''
     return add, remove

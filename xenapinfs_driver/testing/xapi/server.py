@@ -137,12 +137,16 @@ class XapiServer:
         table = {}
         for cls in schema.SCHEMAS:
             for name, func in generic.methods(cls).items():
-                table[name] = api.method(name, func)
+                table[name] = api.method(
+                    name, func, asynchronous=name in schema.ASYNC)
         for module in (sessionsmod, srs, vdis, hosts, pluginsmod):
             for name, func in module.METHODS.items():
                 table[name] = api.method(
                     name, func, session=name not in
-                    sessionsmod.UNAUTHENTICATED)
+                    sessionsmod.UNAUTHENTICATED,
+                    asynchronous=name in schema.ASYNC)
+        for name in schema.REMOVED:
+            table[name] = api.removed(name)
         for name, func in control.METHODS.items():
             table[name] = api.method(name, func, session=False,
                                      testing=True)

@@ -42,7 +42,7 @@ def sr_create(call, host: wire.HostRef, device_config: wire.Map,
               physical_size: wire.Int, name_label: wire.String,
               name_description: wire.String, type: wire.String,
               content_type: wire.String, shared: wire.Bool,
-              sm_config: wire.Map):
+              sm_config: wire.Map = {}):   # never changed: create copies
     db, storage = call.db, call.server.storage
     db.get('host', host)
     sr_type = type.lower()
@@ -77,7 +77,7 @@ def sr_create(call, host: wire.HostRef, device_config: wire.Map,
 def sr_introduce(call, uuid: wire.String, name_label: wire.String,
                  name_description: wire.String, type: wire.String,
                  content_type: wire.String, shared: wire.Bool,
-                 sm_config: wire.Map):
+                 sm_config: wire.Map = {}):    # never changed, as above
     db = call.db
     with db.lock:
         if uuid and db.find('SR', uuid=uuid):
@@ -150,7 +150,7 @@ def sr_scan(call, sr: wire.SRRef):
 
 
 def sr_probe(call, host: wire.HostRef, device_config: wire.Map,
-             type: wire.String, sm_config: wire.Map):
+             type: wire.String, sm_config: wire.Map = {}):   # unread
     call.db.get('host', host)
     if type.lower() != 'nfs':
         raise errors.XapiError('SR_UNKNOWN_DRIVER', type.lower())

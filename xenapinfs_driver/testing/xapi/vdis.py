@@ -199,7 +199,7 @@ def vdi_clone(call, vdi: wire.VDIRef, driver_params: wire.Map = {}):
     return _snapshot(call, vdi, clone=True)
 
 
-def vdi_copy(call, vdi: wire.VDIRef, sr: wire.SRRef,
+def vdi_copy(call, vdi: wire.VDIRef, sr: wire.SRRef = schema.NULL,
              base_vdi: wire.VDIRef = schema.NULL,
              into_vdi: wire.VDIRef = schema.NULL):
     """A full copy: into a new VDI of sr, or over into_vdi's content.
