@@ -76,7 +76,11 @@ VBD_RECORD = wire.Record(
      'userdevice': wire.String, 'bootable': wire.Bool, 'mode': wire.String,
      'type': wire.String, 'empty': wire.Bool, 'other_config': wire.Map,
      'qos_algorithm_type': wire.String, 'qos_algorithm_params': wire.Map},
-    {'unpluggable': (wire.Bool, True)})
+    # device and currently_attached are in the model's struct too, but
+    # the host decides them (a real one names the device when it plugs
+    # the VBD); they are type-checked and dropped, a new VBD is detached.
+    {'unpluggable': (wire.Bool, True), 'device': (wire.String, ''),
+     'currently_attached': (wire.Bool, False)})
 
 
 def vbd_create(call, args: VBD_RECORD):
@@ -98,8 +102,9 @@ def vbd_create(call, args: VBD_RECORD):
                           if str(n) not in used)
         elif device in used:
             raise errors.XapiError('DEVICE_ALREADY_EXISTS', device)
-        return db.create('VBD', dict(args, userdevice=device, mode=mode,
-                                     type=vtype))
+        fields = dict(args, userdevice=device, mode=mode, type=vtype)
+        del fields['device'], fields['currently_attached']
+        return db.create('VBD', fields)
 
 
 def vbd_plug(call, vbd: wire.VBDRef):
