@@ -120,8 +120,8 @@ def no_async(name: str) -> errors.XapiError:
 def lookup(methods: dict, name: str):
     """The Method called name, or None; then whether it is Async."""
     if name.startswith(ASYNC):
-        # XAPI names the sync form in its answers; Class_message has no
-        # Async form.
+        # XAPI names the sync form in its answers (unknown method, count
+        # mismatch, no async mode); Class_message has no Async form.
         return methods.get(name[len(ASYNC):]), True, name[len(ASYNC):]
     m = methods.get(name)
     if m is None and '_' in name and '.' not in name:
@@ -147,7 +147,7 @@ def dispatch(call: Call, params: tuple, fault=None):
     defaults = m.required < len(m.params) or m.removed
     if received < m.required or (received > len(m.params) and
                                  not defaults):
-        raise errors.XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', call.name,
+        raise errors.XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', inner,
                                m.required, received)
     del args[len(m.params) + (1 if m.session else 0):]
     names = (('session_id',) if m.session else ()) + m.params
