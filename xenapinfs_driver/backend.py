@@ -19,6 +19,7 @@ SR after each use.
 """
 
 import contextlib
+import uuid
 
 from cinder.i18n import _
 from oslo_log import log as logging
@@ -34,6 +35,17 @@ LOG = logging.getLogger(__name__)
 # operator looking at the SR (xe vdi-list) can tell.
 VOLUME_KEY = 'cinder-volume-id'
 SNAPSHOT_KEY = 'cinder-snapshot-id'
+# uuid5 namespace of image_vdi_uuid (a fixed, random uuid).
+IMAGE_VDI_NAMESPACE = uuid.UUID('6d1f3c2e-8a0b-4f7e-9c55-2b7d0e4a91c3')
+
+
+def image_vdi_uuid(volume_id: str) -> str:
+    """The uuid dom0's plugin gives the VDI of a volume made from an image.
+
+    Derived from the volume's id, so that a delete finds the VDI of a
+    create whose volume service was killed before it returned.
+    """
+    return str(uuid.uuid5(IMAGE_VDI_NAMESPACE, volume_id))
 
 
 class Backend:
@@ -113,6 +125,18 @@ class Backend:
         return [rec['uuid'] for rec in records.values()
                 if rec['uuid'] == leaf_uuid or
                 rec.get('other_config', {}).get(VOLUME_KEY) == volume_id]
+
+    def destroy_unrecorded(self, volume_id: str, leaf_uuid: str) -> None:
+        """Destroy what :meth:`volume_vdis` finds: the VDIs of a volume
+        whose location cinder never learnt."""
+        marked = self.volume_vdis(volume_id, leaf_uuid)
+        if not marked:
+            LOG.info('%s has no VDI; nothing to delete.', volume_id)
+        for vdi_uuid in marked:
+            LOG.info('Destroying VDI %(vdi)s of %(id)s, which was never '
+                     'recorded in cinder.', {'vdi': vdi_uuid,
+                                             'id': volume_id})
+            storage.destroy_vdi(self.session, vdi_uuid)
 
     # -- the historical layout --
 

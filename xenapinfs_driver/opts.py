@@ -85,6 +85,11 @@ xenapi_opts = [
     cfg.IntOpt('xenapi_image_timeout',
                default=3600, min=1,
                help='Seconds an image transfer may take.'),
+    cfg.IntOpt('xenapi_migration_timeout',
+               default=7200, min=1,
+               help='Seconds the host\'s copy of a volume into another '
+                    'backend\'s SR (a migration or retype between two '
+                    'XenAPINFS backends of one pool) may take.'),
     cfg.IntOpt('xenapi_max_chain_depth',
                default=30, min=1, max=30,
                help='Longest VHD chain accepted in an image that is '

@@ -381,3 +381,18 @@ def _copies_of(session, ref, sr=None):
 
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
+
+
+# -- the pool (driver-assisted migration) ---------------------------------
+
+def pool_uuid(session):
+    """The uuid of the pool of the session's host (a lone host is a pool
+    of one): ``VDI.copy`` moves a VDI between any two SRs of one pool."""
+    return session.call('pool.get_uuid', session.call('pool.get_all')[0])
+
+
+def sr_attached(session, sr):
+    """Whether a host of the pool has ``sr`` plugged (a copy into an SR
+    nobody has plugged cannot start)."""
+    return any(rec.get('currently_attached') for rec in session.call(
+        'PBD.get_all_records_where', _query(SR=sr)).values())
