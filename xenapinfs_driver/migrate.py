@@ -25,6 +25,8 @@ the source as it was and nothing in the destination SR; one after it
 leaves, at worst, an orphan of the source, reported in the log.
 """
 
+import time
+
 from cinder import context
 from cinder import exception as cinder_exception
 from cinder.i18n import _
@@ -44,6 +46,8 @@ LOG = logging.getLogger(__name__)
 DRIVER = 'XenAPINFSDriver'
 # Back-end QoS would be the host's to enforce; front-end QoS is nova's.
 BACKEND_QOS = ('back-end', 'both')
+# Seconds between looks at a copy the host may still be running.
+POLL = 0.5
 
 
 def location_info(be: backend.Backend) -> str:
@@ -99,9 +103,17 @@ def migrate_volume(be: backend.Backend, ctxt: context.RequestContext,
     source = be.vdi(volume)
     old_location, old_uuid = volume.provider_location, be.location(volume)[1]
     size = be.session.call('VDI.get_virtual_size', source)
-    ref, new_uuid = storage.copy_vdi(
-        be.session, source, dest_sr, volume.name,
-        volume.display_description or '', timeout=timeout)
+    # What an earlier attempt left when the host was lost mid-copy.
+    _destroy_copies(be, dest_sr, volume.id)
+    try:
+        ref, new_uuid = storage.copy_vdi(
+            be.session, source, dest_sr, volume.name,
+            volume.display_description or '', timeout=timeout)
+    except Exception:
+        with excutils.save_and_reraise_exception():
+            storage.cleanup('copies of %s in SR %s' % (volume.id,
+                                                       dest_sr_uuid),
+                            _undo_copy, be, source, dest_sr, volume.id)
     new_location = '%s/%s' % (dest_sr_uuid, new_uuid)
     try:
         _verify(be, ref, dest_sr, size)
@@ -123,6 +135,42 @@ def migrate_volume(be: backend.Backend, ctxt: context.RequestContext,
     LOG.info('Volume %(id)s moved to SR %(sr)s (%(host)s).',
              {'id': volume.id, 'sr': dest_sr_uuid, 'host': host.get('host')})
     return True, {'provider_location': new_location}
+
+
+def _copies(be, sr, volume_id):
+    """uuids of the VDIs of ``sr`` marked as volume ``volume_id``'s: in
+    the destination, before the volume is recorded there, copies only
+    (a copy has its source's ``other_config``)."""
+    records = be.session.call('VDI.get_all_records_where',
+                              'field "SR"="%s"' % sr)
+    return [rec['uuid'] for rec in records.values()
+            if rec.get('other_config', {}).get(backend.VOLUME_KEY) ==
+            volume_id]
+
+
+def _destroy_copies(be, sr, volume_id):
+    for vdi_uuid in _copies(be, sr, volume_id):
+        LOG.warning('Destroying VDI %(vdi)s, a copy of volume %(id)s that '
+                    'a failed migration left in SR %(sr)s.',
+                    {'vdi': vdi_uuid, 'id': volume_id, 'sr': sr})
+        storage.destroy_vdi(be.session, vdi_uuid)
+
+
+def _undo_copy(be, source, sr, volume_id):
+    """Destroy what a failed copy made, once the host has stopped it.
+
+    The copy may run on after its caller gave up on it (polls lost, a
+    timeout): the source VDI shows a ``copy`` operation meanwhile, and
+    the volume is locked, so that copy is this one. If the host stays
+    out of reach, the next migration of the volume finds the leftover.
+    """
+    deadline = time.monotonic() + be.session.timeout
+    while 'copy' in be.session.call('VDI.get_current_operations',
+                                    source).values():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(POLL)
+    _destroy_copies(be, sr, volume_id)
 
 
 def _verify(be, ref, sr, size):

@@ -409,6 +409,60 @@ class Revert(Op):
             t.assertEqual(ctx.vol.id, rec['other_config'][driver.VOLUME_KEY])
 
 
+class MigrateVolume(Op):
+    """Into the SR of a second backend of the same host (pool)."""
+
+    name = 'migrate_volume'
+
+    def prepare(self, t):
+        if getattr(t, 'migrate_dest', None) is None:
+            t.migrate_dest = t.make_driver(**t.driver_overrides)
+            t.migrate_dest.do_setup(t.context)
+        dest = t.migrate_dest
+        vol = tests_utils.create_volume(t.context, size=1)
+        vol.provider_location = t.driver.create_volume(vol)[
+            'provider_location']
+        vol.save()
+        t.write(vol, pattern(MiB, 13))
+        name = dest.configuration.config_group
+        host = {'host': 'h@%s#%s' % (name, name),
+                'capabilities': dest.get_volume_stats(refresh=True)}
+        assert host['capabilities']['backend_state'] == 'up'
+        return types.SimpleNamespace(vol=vol, host=host,
+                                     old=vol.provider_location)
+
+    def run(self, t, ctx):
+        return t.driver.migrate_volume(t.context, ctx.vol, ctx.host)
+
+    def known(self, t, ctx, result, error):
+        return (set() if error is None else {_uuid(ctx.vol)}), set()
+
+    def check(self, t, ctx, result, error):
+        stored = objects.Volume.get_by_id(t.context, ctx.vol.id)
+        dest = t.migrate_dest.backend
+        copies = t.visible_vdis(dest.sr)
+        files = sorted(n for n in os.listdir(t.sr_dir(dest.sr_uuid)))
+        if error is not None:
+            # The source as it was, nothing in the destination SR.
+            t.assertEqual(ctx.old, stored.provider_location)
+            t.assertEqual(ctx.old, ctx.vol.provider_location)
+            t.assertEqual({}, copies)
+            t.assertEqual([], files)
+            t.assertEqual(pattern(MiB, 13), t.read(ctx.vol, MiB))
+            return
+        t.assertEqual(True, result[0])
+        location = result[1]['provider_location']
+        t.assertEqual(location, stored.provider_location)
+        new = location.split('/')[1]
+        t.assertEqual([new], list(copies))
+        t.assertEqual(['%s.vhd' % new], files)
+        t.assertEqual(pattern(MiB, 13), t.read(new, MiB))
+
+    def tidy(self, t, ctx):
+        for vdi_uuid in t.visible_vdis(t.migrate_dest.backend.sr):
+            storage.destroy_vdi(t.session, vdi_uuid)
+
+
 class Stats(Op):
     name = 'get_volume_stats'
 
@@ -891,7 +945,7 @@ VOLUME_OPS = (CreateVolume(), DeleteVolume(), ExtendVolume(),
               CreateSnapshot(), DeleteSnapshot(), VolumeFromSnapshot(),
               CloneVolume(), Revert(), InitializeConnection(),
               ManageExisting(), ManageLegacy(), DeleteLegacy(), Unmanage(),
-              Manageable())
+              Manageable(), MigrateVolume())
 
 
 @_tests(*VOLUME_OPS)
