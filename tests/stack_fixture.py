@@ -112,10 +112,12 @@ def glance_service(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running_xapi(root, verbose: bool = False, dom0_plugins=None):
+def running_xapi(root, verbose: bool = False, dom0_plugins=None,
+                 exports=()):
     """The XenAPI test server as its own process, as a host would be:
     ``EXPORT``, ``USERNAME`` and ``PASSWORD`` of tests/xapi_fixture.py,
-    and its ``DOM0_PLUGINS`` unless ``dom0_plugins`` says.
+    and its ``DOM0_PLUGINS`` unless ``dom0_plugins`` says;
+    ``exports``: more NFS exports, ``(server, path)`` each.
 
     Yields the ``Popen`` with ``url``, ``root`` (dom0's files) and
     ``log`` (its log file, ``root/xapi.log``) set. ``verbose`` logs each
@@ -134,6 +136,8 @@ def running_xapi(root, verbose: bool = False, dom0_plugins=None):
             '--username', xapi_fixture.USERNAME, '--password-file', pwfile,
             '--export', '%s:%s' % (server, path),
             '--dom0-plugins', dom0_plugins or xapi_fixture.DOM0_PLUGINS]
+    for more in exports:
+        argv += ['--export', '%s:%s' % more]
     if verbose:
         argv.append('--verbose')
     with open(log, 'w') as logf:
