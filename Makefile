@@ -7,7 +7,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := qemu-utils e2fsprogs fdisk openssl rabbitmq-server shellcheck
+SYSTEM_PACKAGES := qemu-utils e2fsprogs fdisk openssl rabbitmq-server shellcheck \
+	etcd-server
 
 .PHONY: demo test unit e2e bench lint venv system-deps clean
 

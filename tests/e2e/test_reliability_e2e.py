@@ -95,6 +95,10 @@ Image = collections.namedtuple('Image', 'id disk')
 def images(stack, tmp_path_factory):
     """{kind: Image}: a XenServer tgz (3-layer chain), a raw disk and a
     bare dynamic VHD, each a few MiB, in glance."""
+    return make_images(stack, tmp_path_factory)
+
+
+def make_images(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('images')
     out = {}
     files, disk, _ = vf.standard_chain(seed=71)
@@ -416,6 +420,12 @@ def test_services_form_one_cluster(stack):
 
 def test_fifty_operations_at_once(stack, xs, control, xapi, images,
                                   tmp_path):
+    run_burst(stack, xs, control, xapi, images, tmp_path)
+
+
+def run_burst(stack, xs, control, xapi, images, tmp_path):
+    """The fifty operations and every check of them (the etcd module
+    runs them too)."""
     # What the snapshots, clones, extends and deletes act on: two of the
     # sources hold the XenServer image's chain.
     img = images['xenserver'].id

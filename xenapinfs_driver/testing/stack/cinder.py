@@ -96,13 +96,17 @@ class Cinder(process.Service):
     :param cluster: the cluster name (``CLUSTER`` when there are several
         volume services; none for one, unless given).
     :param extra: more options, ``{section: {option: value}}``.
+    :param coordination: ``[coordination] backend_url`` of every service
+        (a lock service such as etcd); file locks in the work directory
+        when none.
     """
 
     def __init__(self, workdir: str, log_dir: str, backends: dict, *,
                  rabbit, glance_url: str | None = None,
                  image_volume_cache: bool = False, debug: bool = False,
                  volume_services: int = 1, cluster: str | None = None,
-                 extra: dict | None = None, env: dict | None = None):
+                 extra: dict | None = None, env: dict | None = None,
+                 coordination: str | None = None):
         if not backends:
             raise ValueError('cinder needs at least one backend')
         if volume_services < 1:
@@ -118,6 +122,8 @@ class Cinder(process.Service):
         self.debug = debug
         self.extra = extra or {}
         self.extra_env = env or {}
+        self.coordination = coordination or 'file://%s/coordination' % \
+            self.workdir
         self.host = 'xenapinfs-stack'
         self.volume_services = volume_services
         self.cluster = cluster or (CLUSTER if volume_services > 1 else None)
@@ -212,7 +218,7 @@ class Cinder(process.Service):
             'DEFAULT': default,
             'database': {'connection': 'sqlite:///%s/cinder.sqlite' % w},
             'oslo_concurrency': {'lock_path': os.path.join(w, 'locks')},
-            'coordination': {'backend_url': 'file://%s/coordination' % w},
+            'coordination': {'backend_url': self.coordination},
             'cinder_sys_admin': {'helper_command': helper},
             'privsep_osbrick': {'helper_command': helper},
         }

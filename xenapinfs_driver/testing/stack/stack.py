@@ -29,6 +29,7 @@ import threading
 import time
 
 from xenapinfs_driver.testing.stack import cinder as cindermod
+from xenapinfs_driver.testing.stack import etcd as etcdmod
 from xenapinfs_driver.testing.stack import glance as glancemod
 from xenapinfs_driver.testing.stack import process
 from xenapinfs_driver.testing.stack import rabbit as rabbitmod
@@ -56,23 +57,26 @@ class Stack:
         (PYTHONPATH for a driver, for example).
     :param glance_options: keyword arguments for ``glance.Glance``.
     :param cinder_options: keyword arguments for ``cinder.Cinder``.
+    :param etcd: run etcd, and coordinate cinder's services through it.
     """
 
     def __init__(self, workdir: str, backends: dict | None = None, *,
                  rabbit: bool = True, glance: bool = True,
                  cinder: bool = True, extra_env: dict | None = None,
                  glance_options: dict | None = None,
-                 cinder_options: dict | None = None):
+                 cinder_options: dict | None = None, etcd: bool = False):
         if cinder and not rabbit:
             raise ValueError('cinder needs rabbit')
         self.workdir = os.path.abspath(workdir)
         self.log_dir = os.path.join(self.workdir, 'logs')
         self.backends = backends or {}
-        self.want = {'rabbit': rabbit, 'glance': glance, 'cinder': cinder}
+        self.want = {'rabbit': rabbit, 'glance': glance, 'cinder': cinder,
+                     'etcd': etcd}
         self.extra_env = extra_env or {}
         self.glance_options = glance_options or {}
         self.cinder_options = cinder_options or {}
         self.rabbit: rabbitmod.Rabbit | None = None
+        self.etcd: etcdmod.Etcd | None = None
         self.glance: glancemod.Glance | None = None
         self.cinder: cindermod.Cinder | None = None
         self._started: list = []
@@ -97,6 +101,12 @@ class Stack:
             self.rabbit = rabbitmod.Rabbit(
                 self.workdir, os.path.join(self.log_dir, 'rabbitmq.log'))
             self._launch(self.rabbit)
+        options = dict(self.cinder_options)
+        if self.want['etcd']:
+            self.etcd = etcdmod.Etcd(self.workdir,
+                                     os.path.join(self.log_dir, 'etcd.log'))
+            self._launch(self.etcd)
+            options['coordination'] = self.etcd.backend_url
         if self.want['glance']:
             self.glance = glancemod.Glance(
                 self.workdir, os.path.join(self.log_dir, 'glance-api.log'),
@@ -107,9 +117,10 @@ class Stack:
                 self.workdir, self.log_dir, self.backends,
                 rabbit=self.rabbit,
                 glance_url=self.glance.url if self.glance else None,
-                env=self.extra_env, **self.cinder_options)
+                env=self.extra_env, **options)
             self._launch(self.cinder)
         for name, service in (('rabbitmq', self.rabbit),
+                              ('etcd', self.etcd),
                               ('glance', self.glance),
                               ('cinder', self.cinder)):
             if service is not None:
@@ -166,14 +177,16 @@ class Stack:
     # -- what a user of the stack needs -------------------------------------
 
     def ports(self) -> list:
-        return [p for s in (self.rabbit, self.glance, self.cinder) if s
-                for p in s.ports()]
+        return [p for s in (self.rabbit, self.etcd, self.glance,
+                            self.cinder) if s for p in s.ports()]
 
     def pids(self) -> list:
         """The process groups of the services (their leaders' pids)."""
         procs = []
         if self.rabbit and self.rabbit.proc:
             procs.append(self.rabbit.proc)
+        if self.etcd and self.etcd.proc:
+            procs.append(self.etcd.proc)
         if self.glance and self.glance.proc:
             procs.append(self.glance.proc)
         if self.cinder:
@@ -186,6 +199,8 @@ class Stack:
         names = []
         if self.want['rabbit']:
             names.append('rabbitmq')
+        if self.want['etcd']:
+            names.append('etcd')
         if self.want['glance']:
             names.append('glance-api')
         if self.cinder:
