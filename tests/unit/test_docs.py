@@ -677,6 +677,8 @@ from cinder import objects
 objects.register_all()
 import cinder.common.config  # noqa
 import cinder.volume.manager  # noqa
+# cinder-volume's own: cluster (active-active), backend_name.
+import cinder.cmd.volume  # noqa
 from oslo_config import cfg
 from xenapinfs_driver import opts  # noqa
 print(json.dumps(check(cfg.CONF, json.loads(sys.stdin.read()),
