@@ -121,7 +121,8 @@ class Control:
     """The server's ``testing.*`` calls, answers unwrapped.
 
     ``add_fault(method, action='error', **rule)`` returns the rule id;
-    ``calls()``, ``clear_calls()``, ``clear_faults()``,
+    ``faults()`` the rules with how many calls each ``seen`` and how many
+    it ``fired`` on (ints); ``calls()``, ``clear_calls()``, ``clear_faults()``,
     ``invalidate_sessions()``, ``forget_srs()`` and ``state()`` do what
     they say; the ``gc_*`` methods drive the garbage collector (see
     ``gcctl``).
@@ -144,6 +145,11 @@ class Control:
 
     def clear_faults(self) -> None:
         self._call('clear_faults')
+
+    def faults(self) -> list:
+        counts = ('nth', 'times', 'seen', 'fired')
+        return [{k: int(v) if k in counts else v for k, v in rule.items()}
+                for rule in self._call('get_faults')]
 
     def calls(self) -> list:
         return self._call('get_calls')

@@ -285,6 +285,5 @@ class FailureTest(harness.DriverFunctionalTest):
                 return self.images.add(f.read(), 'ovf', 'vhd')
 
     def _faults_left(self):
-        """Fault rules that have not fired (Control has no getter)."""
-        return [r for r in self.control._call('get_faults')
-                if int(r['seen']) < int(r['nth'])]
+        """Fault rules that have not fired."""
+        return [r for r in self.control.faults() if not r['fired']]

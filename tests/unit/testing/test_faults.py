@@ -37,13 +37,17 @@ def details(exc_info):
 def test_error_nth_and_times(session, control, sr):
     x = session.xenapi
     error = ['SR_BACKEND_FAILURE_78', '', 'VDI Creation failed', '']
-    control.add_fault('VDI.create', error=error, nth=2, times=2)
+    rule = control.add_fault('VDI.create', error=error, nth=2, times=2)
     xapi_fixture.create_vdi(session, sr, MiB)
+    assert [(r['id'], r['seen'], r['fired']) for r in control.faults()] == \
+        [(rule, 1, 0)]
     for _ in range(2):
         with pytest.raises(XenAPI.Failure) as exc:
             xapi_fixture.create_vdi(session, sr, MiB)
         assert details(exc) == error
     xapi_fixture.create_vdi(session, sr, MiB)
+    # Counted by the server: what a test injected, not what it asked for.
+    assert [(r['seen'], r['fired']) for r in control.faults()] == [(4, 2)]
     assert len(x.VDI.get_all()) == 2
     assert control.calls().count('VDI.create') == 4
     control.clear_calls()
@@ -154,6 +158,8 @@ def test_http_faults(xapi_server, session, control, sr):
     # drop_after: the import was done, only the answer was lost.
     assert hu.export_data(xapi_server, session, vdi)[:MiB] == b'\7' * MiB
     assert control.calls().count('http:export_raw_vdi') == 4
+    # A handler's fault is counted as a method's is.
+    assert [r['fired'] for r in control.faults()] == [1, 1, 1, 1]
 
 
 def test_quota():

@@ -18,7 +18,9 @@ usual ``{'Status', 'Value'}`` shape. Calls to them are not logged in
 ``get_calls``.
 
 ``add_fault(rule)`` -> rule id (see ``faults``); ``clear_faults()``;
-``get_faults()``; ``get_calls()`` -> names since the last
+``get_faults()`` -> the rules, each with the matching calls it has
+``seen`` and how many it ``fired`` on (so that a test can assert that
+what it meant to inject was injected); ``get_calls()`` -> names since the last
 ``clear_calls()``; ``invalidate_sessions()`` -> how many ended;
 ``invalidate_session(ref)``; ``get_state()`` -> counts of records per
 class, the files under the exports (relative to the root) and the SR

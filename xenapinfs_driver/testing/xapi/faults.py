@@ -52,7 +52,8 @@ class Drop(Exception):
 
 @dataclasses.dataclass
 class Rule:
-    """One fault rule; ``seen`` counts the matching calls so far."""
+    """One fault rule; ``seen`` counts the matching calls so far,
+    ``fired`` those it failed (what a test asserts it injected)."""
 
     id: str
     method: str
@@ -62,12 +63,13 @@ class Rule:
     error: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     seen: int = 0
+    fired: int = 0
 
     def to_wire(self) -> dict:
         return {'id': self.id, 'method': self.method, 'action': self.action,
                 'nth': str(self.nth), 'times': str(self.times),
                 'error': list(self.error), 'seconds': str(self.seconds),
-                'seen': str(self.seen)}
+                'seen': str(self.seen), 'fired': str(self.fired)}
 
 
 def _positive(rule: dict, key: str, default: int) -> int:
@@ -146,6 +148,10 @@ class Faults:
                 if fired is None and \
                         rule.nth <= rule.seen < rule.nth + rule.times:
                     fired = rule
+            if fired is not None:
+                # Counted here, where it is decided: every caller of
+                # take applies the rule it returns.
+                fired.fired += 1
         return fired
 
 
