@@ -214,9 +214,21 @@ def list_volumes(be: backend.Backend,
             'safe_to_manage': reason is None,
             'reason_not_safe': reason,
             'cinder_id': cinder_id,
-            'extra_info': rec.get('name_label') or None,
+            'extra_info': _extra_info(rec),
         })
     return entries
+
+
+def _extra_info(rec):
+    """What an operator sees beside an entry to tell VDIs apart.
+
+    cinder turns each entry into a ``ManageableVolume`` or
+    ``ManageableSnapshot``, whose ``extra_info`` is a dict of strings or
+    None (``DictOfNullableStringsField``): a plain string fails there, and
+    the listing answers HTTP 500.
+    """
+    return {'name_label': rec.get('name_label') or None,
+            'name_description': rec.get('name_description') or None}
 
 
 def list_snapshots(be: backend.Backend,
@@ -244,6 +256,6 @@ def list_snapshots(be: backend.Backend,
                                 _('managing snapshots is not supported')),
             'cinder_id': cinder_id,
             'source_reference': {'source-id': parent_uuid},
-            'extra_info': rec.get('name_label') or None,
+            'extra_info': _extra_info(rec),
         })
     return entries

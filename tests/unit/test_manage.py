@@ -11,9 +11,14 @@
 # under the License.
 """manage_existing, unmanage and the manageable listings, for real."""
 
+import json
 import os
 
+from cinder.api.views import manageable_snapshots
+from cinder.api.views import manageable_volumes
 from cinder import exception as cinder_exception
+from cinder import objects
+from cinder.objects import base as objects_base
 from oslo_utils import units
 
 from tests.unit import test_driver
@@ -271,7 +276,9 @@ class ManageableListTestCase(test_driver.DriverTestBase):
             self.assertEqual({'reference': {'source-id': vdi_uuid},
                               'size': size, 'safe_to_manage': True,
                               'reason_not_safe': None, 'cinder_id': None,
-                              'extra_info': name}, by_uuid[vdi_uuid])
+                              'extra_info': {'name_label': name,
+                                             'name_description': None}},
+                             by_uuid[vdi_uuid])
         for vol in self.vols:
             entry = by_uuid[self.vdi_uuid(vol)]
             self.assertEqual(vol.id, entry['cinder_id'])
@@ -311,3 +318,47 @@ class ManageableListTestCase(test_driver.DriverTestBase):
         self.assertIsNone(entries[0]['cinder_id'])
         self.assertFalse(entries[0]['safe_to_manage'])
         self.assertIn('not supported', entries[0]['reason_not_safe'])
+
+    def test_cinder_takes_the_listings(self):
+        """What cinder does with them: cinder-volume makes its objects,
+        which cross RPC, and cinder-api shows them in its detailed view;
+        each step checks the field types (a string for a dict fails)."""
+        _ref, unnamed = storage.create_vdi(self.session,
+                                           self.driver.backend.sr, GiB, '')
+        self.snapshot(self.vols[1])
+        serializer = objects_base.CinderObjectSerializer()
+        shown = {}
+        for what, entries, cls, view in (
+                ('manageable-volumes', self.listing(),
+                 objects.ManageableVolumeList,
+                 manageable_volumes.ViewBuilder()),
+                ('manageable-snapshots', self.driver.get_manageable_snapshots(
+                    [self.snap], None, 100, None, ['size'], ['asc']),
+                 objects.ManageableSnapshotList,
+                 manageable_snapshots.ViewBuilder())):
+            made = cls.from_primitives(self.context, entries)
+            back = serializer.deserialize_entity(
+                self.context, serializer.serialize_entity(self.context, made))
+            body = json.loads(json.dumps(view.detail_list(None, back,
+                                                          len(back))))
+            shown[what] = {e['reference']['source-id']: e
+                           for e in body[what]}
+        volumes = shown['manageable-volumes']
+        for vdi_uuid, (size, name) in self.foreign.items():
+            self.assertEqual((size, True, {'name_label': name,
+                                           'name_description': None}),
+                             (volumes[vdi_uuid]['size'],
+                              volumes[vdi_uuid]['safe_to_manage'],
+                              volumes[vdi_uuid]['extra_info']))
+        self.assertEqual({'name_label': None, 'name_description': None},
+                         volumes[unnamed]['extra_info'])
+        self.assertEqual('already managed',
+                         volumes[self.vdi_uuid(self.vols[0])][
+                             'reason_not_safe'])
+        snapshots = shown['manageable-snapshots']
+        self.assertEqual(2, len(snapshots))
+        self.assertEqual(self.snap.id, snapshots[self.vdi_uuid(self.snap)][
+            'cinder_id'])
+        self.assertEqual({'source-id': self.vdi_uuid(self.vols[0])},
+                         snapshots[self.vdi_uuid(self.snap)][
+                             'source_reference'])
