@@ -20,8 +20,18 @@ runs again with that one call failing once, and must either succeed
 (through a retry) or raise a cinder exception whose message names what
 failed. Either way the host must afterwards hold exactly what cinder
 knows about: its volumes' and snapshots' VDIs and nothing else, no SR,
-PBD, VBD or task more, no file in the SR without a VDI record, no staging
-directory, and nothing left in ``image_conversion_dir``.
+PBD, VBD, task or login more (read from the server's tables), no mount
+more, no file anywhere in the exports that was not there and none in the
+SR without a VDI record, no staging directory, and nothing left in
+``image_conversion_dir``; and every source of the operation (a volume, a
+snapshot, a VDI to adopt) still holds its data, after a failure too.
+
+The matrix cannot pass with nothing injected: the server counts the
+calls each fault rule fired on, each (call, nth, kind) must fire exactly
+once (a poll that a faster task made unnecessary is run again, a few
+times), and an operation's faults fired must add up to what its learned
+call log promised; an empty call log fails too, unless the operation
+says it calls nothing (``Op.silent``).
 
 Fault kinds (``FAULTS``): a permanent XenAPI error, a dropped connection
 (the call not done), a lost answer (the call done, ``drop_after``), a full
@@ -94,6 +104,8 @@ CODES = {'error': ('SR_BACKEND_FAILURE_47',),
          'drop': (), 'drop_after': (), 'timeout': ('timed out',)}
 
 # faults that fired: operation -> kind -> count
+# Runs of one fault before its call counts as not reached (see one()).
+REACH_ATTEMPTS = 3
 COUNTS = collections.defaultdict(collections.Counter)
 
 
@@ -200,6 +212,9 @@ class Op:
     # apart from others': it is left, ended, for XAPI to destroy (XAPI's
     # GC does, an hour after a task ends).
     lost_tasks = frozenset()
+    # Whether it calls nothing on the host (its matrix is then empty:
+    # said here, so that an empty call log cannot pass unnoticed).
+    silent = False
 
     def prepare(self, t):
         return types.SimpleNamespace()
@@ -248,13 +263,18 @@ class DeleteVolume(Op):
     name = 'delete_volume'
 
     def prepare(self, t):
-        return types.SimpleNamespace(vol=t.new_volume())
+        return types.SimpleNamespace(vol=t.new_volume(data=pattern(MiB, 13)))
 
     def run(self, t, ctx):
         return t.driver.delete_volume(ctx.vol)
 
     def known(self, t, ctx, result, error):
         return set(), (set() if error is None else {_uuid(ctx.vol)})
+
+    def check(self, t, ctx, result, error):
+        # Not deleted is whole: cinder keeps the volume, in error_deleting.
+        if error is not None and t.exists(_uuid(ctx.vol)):
+            t.assert_intact(ctx.vol, pattern(MiB, 13), error)
 
 
 class ExtendVolume(Op):
@@ -320,6 +340,8 @@ class DeleteSnapshot(Op):
 
     def check(self, t, ctx, result, error):
         t.assert_intact(ctx.vol, pattern(MiB, 3), error)
+        if error is not None and t.exists(_uuid(ctx.snap)):
+            t.assert_intact(ctx.snap, pattern(MiB, 3), error)
 
 
 class VolumeFromSnapshot(Op):
@@ -345,6 +367,9 @@ class VolumeFromSnapshot(Op):
             t.assertEqual(str(2 * GiB), rec['virtual_size'])
             t.assertEqual(ctx.new.id, rec['other_config'][driver.VOLUME_KEY])
             t.assertEqual(pattern(MiB, 4), t.read(_location(result), MiB))
+        # The sources: the snapshot, and the volume written since.
+        t.assert_intact(ctx.snap, pattern(MiB, 4), error)
+        t.assert_intact(ctx.vol, pattern(MiB, 5), error)
 
 
 class CloneVolume(Op):
@@ -407,6 +432,7 @@ class Revert(Op):
             t.assertEqual(pattern(MiB, 7), t.read(stored, MiB))
             rec = t.record(stored)
             t.assertEqual(ctx.vol.id, rec['other_config'][driver.VOLUME_KEY])
+        t.assert_intact(ctx.snap, pattern(MiB, 7), error)
 
 
 class MigrateVolume(Op):
@@ -478,9 +504,11 @@ class Stats(Op):
 
 class InitializeConnection(Op):
     name = 'initialize_connection'
+    # Built from provider_location and the options alone.
+    silent = True
 
     def prepare(self, t):
-        return types.SimpleNamespace(vol=t.new_volume())
+        return types.SimpleNamespace(vol=t.new_volume(data=pattern(MiB, 14)))
 
     def run(self, t, ctx):
         return t.driver.initialize_connection(ctx.vol, {'host': 'h'})
@@ -491,6 +519,7 @@ class InitializeConnection(Op):
     def check(self, t, ctx, result, error):
         if result:
             t.assertEqual(_uuid(ctx.vol), result['data']['vdi_uuid'])
+        t.assert_intact(ctx.vol, pattern(MiB, 14), error)
 
 
 class ManageExisting(Op):
@@ -533,7 +562,14 @@ class ManageLegacy(Op):
 
     def prepare(self, t):
         sr_uuid, vdi_uuid = t.legacy_volume(pattern(MiB, 10))
-        return types.SimpleNamespace(sr=sr_uuid, vdi=vdi_uuid)
+        return types.SimpleNamespace(sr=sr_uuid, vdi=vdi_uuid,
+                                     file=self._file(t, sr_uuid, vdi_uuid))
+
+    @staticmethod
+    def _file(t, sr_uuid, vdi_uuid):
+        with open(os.path.join(t.sr_dir(sr_uuid), '%s.vhd' % vdi_uuid),
+                  'rb') as f:
+            return f.read()
 
     def run(self, t, ctx):
         ctx.vol = t.volume()
@@ -545,9 +581,12 @@ class ManageLegacy(Op):
         return ({_location(result)} if result else set()), set()
 
     def check(self, t, ctx, result, error):
-        # The old SR is forgotten again, its file untouched.
+        # The old SR is forgotten again, its file untouched, byte for
+        # byte (the VHD's data, and its footer and headers).
         t.assertIsNone(storage.sr_by_uuid(t.session, ctx.sr))
         t.assertEqual(['%s.vhd' % ctx.vdi], t.files(ctx.sr))
+        t.assertEqual(ctx.file, self._file(t, ctx.sr, ctx.vdi),
+                      'the legacy VDI changed')
         if result:
             t.assertEqual(pattern(MiB, 10), t.read(_location(result), MiB))
 
@@ -582,7 +621,7 @@ class Unmanage(Op):
     name = 'unmanage'
 
     def prepare(self, t):
-        return types.SimpleNamespace(vol=t.new_volume())
+        return types.SimpleNamespace(vol=t.new_volume(data=pattern(MiB, 15)))
 
     def run(self, t, ctx):
         return t.driver.unmanage(ctx.vol)
@@ -595,6 +634,7 @@ class Unmanage(Op):
         if error is None:
             t.assertNotIn(driver.VOLUME_KEY,
                           t.record(ctx.vol)['other_config'])
+        t.assert_intact(ctx.vol, pattern(MiB, 15), error)
 
 
 class Manageable(Op):
@@ -709,7 +749,7 @@ class CopyImageToVolume(Op):
         disk = t.image_disk
         if error is None:
             t.assertEqual(disk, t.read(ctx.vol, len(disk)))
-        elif FULL:
+        else:
             data = t.read(ctx.vol, len(disk))
             if data != disk:
                 # Untouched, unless the copy was done, its answer lost.
@@ -784,9 +824,26 @@ class FaultTestBase(test_driver.DriverTestBase):
         return {n for n in os.listdir(tempfile.gettempdir())
                 if n.startswith('xenapinfs_')}
 
-    def host_state(self):
+    def sr_prefix(self, sr_uuid=None):
+        """How the server names the files of an SR directory."""
+        return os.path.relpath(self.sr_dir(sr_uuid), self.server.root) + '/'
+
+    def host_state(self, op=None, ctx=None):
+        """What the server holds, for leak checks: counts of records
+        (logins in its session table too), SR mounts, the files of the
+        exports outside our SR (whose files assert_sr_clean matches to
+        VDIs) and outside an SR that ``op`` works on, pending tasks."""
         state = self.control.state()
-        return {k: int(state[k]) for k in ('SR', 'PBD', 'task', 'VBD')}
+        out = {k: int(state[k]) for k in ('SR', 'PBD', 'task', 'VBD',
+                                          'session')}
+        out['mounts'] = state['mounts']
+        skip = [self.sr_prefix()]
+        if getattr(ctx, 'sr', None):
+            skip.append(self.sr_prefix(ctx.sr))
+        out['files'] = [f for f in state['files']
+                        if not any(f.startswith(p) for p in skip)]
+        out['pending'] = self.unfinished_tasks()
+        return out
 
     def unfinished_tasks(self):
         return sorted(ref for ref, rec in self.session.call(
@@ -800,11 +857,16 @@ class FaultTestBase(test_driver.DriverTestBase):
         self.assertLessEqual(must, visible, 'VDIs cinder knows are gone')
         self.assertLessEqual(visible, must | may,
                              'VDIs cinder does not know about')
-        records = {r['location'] for r in records.values()}
-        # Also no staging directory of dom0's plugin, no temporary file.
-        self.assertEqual(sorted('%s.vhd' % r for r in records),
-                         sorted(os.listdir(self.sr_dir())),
-                         'files in the SR without a VDI')
+        records = sorted('%s.vhd' % r['location'] for r in records.values())
+        # Every file the server has there, at any depth (a staging
+        # directory of dom0's plugin, a temporary file), is a VDI's.
+        prefix = self.sr_prefix()
+        self.assertEqual(records, [
+            f[len(prefix):] for f in self.control.state()['files']
+            if f.startswith(prefix)], 'files in the SR without a VDI')
+        # And no directory, even empty.
+        self.assertEqual(records, sorted(os.listdir(self.sr_dir())),
+                         'entries in the SR without a VDI')
 
     def assert_no_staging(self):
         self.assertEqual([], os.listdir(cfg.CONF.image_conversion_dir),
@@ -812,11 +874,12 @@ class FaultTestBase(test_driver.DriverTestBase):
         self.assertEqual(set(), self._tmp_files() - self.tmp_before,
                          'left in %s' % tempfile.gettempdir())
 
-    def assert_intact(self, obj, data, error):
-        """``obj`` holds ``data`` still (read back after a success, and
-        after a failure too in the full matrix: reading costs)."""
-        if FULL or error is None:
-            self.assertEqual(data, self.read(obj, len(data)))
+    def assert_intact(self, obj, data, error=None):
+        """``obj`` holds ``data`` still, after a success or a failure:
+        a failure is where a source's data is most at risk."""
+        self.assertEqual(data, self.read(obj, len(data)),
+                         'data changed' + (' after: %s' % error
+                                           if error else ''))
 
     def assert_clear(self, error, call, kind):
         """A cinder exception whose message names what failed."""
@@ -860,14 +923,26 @@ class FaultTestBase(test_driver.DriverTestBase):
     def matrix(self, op, kinds=None):
         """Run ``op`` with each fault of ``kinds`` on each of its calls."""
         COUNTS[op.name].update()     # listed, even with no call to fail
-        points = self.select(occurrences(self.learn(op)))
+        learned = self.learn(op)
+        # An empty call log would make an empty matrix, passing.
+        self.assertEqual(op.silent, not learned,
+                         '%s, calls: %s' % (op.name, learned or 'none'))
+        points = self.select(occurrences(learned))
         failures = []
+        promised = injected = 0
         for call, nth in points:
             for kind in kinds_for(call, nth, kinds or self.kinds):
+                promised += 1
                 with self.subTest(operation=op.name,
                                   call='%s#%d' % (call, nth), fault=kind):
                     try:
-                        self.one(op, call, nth, kind)
+                        fired = self.one(op, call, nth, kind)
+                        injected += fired
+                        if fired != 1:
+                            failures.append('%s / %s#%d / %s: fired %d '
+                                            'times, not once' % (
+                                                op.name, call, nth, kind,
+                                                fired))
                     except Exception as exc:
                         # NOTE: collected, not raised: cinder's (testtools)
                         # test case stops at a subTest's first failure.
@@ -875,32 +950,54 @@ class FaultTestBase(test_driver.DriverTestBase):
                         failures.append('%s / %s#%d / %s: %s: %s' % (
                             op.name, call, nth, kind, type(exc).__name__,
                             text.splitlines()[0][:300] if text else ''))
+        if promised != injected:
+            failures.append('%s: %d faults promised by the call log, %d '
+                            'injected' % (op.name, promised, injected))
         if failures:
             self.fail('%d faults went wrong (operation / call#nth / fault):'
                       '\n%s' % (len(failures), '\n'.join(failures)))
 
     def one(self, op, call, nth, kind):
+        """Run ``op`` with the fault; how many times the server fired it.
+
+        A task that ends sooner than when the call log was learned is
+        polled fewer times, so the ``nth`` poll may not come: the run is
+        then tried again, a few times, before the point counts as not
+        reached (which fails the matrix).
+        """
+        for _attempt in range(REACH_ATTEMPTS):
+            fired = self._one(op, call, nth, kind)
+            if fired:
+                return fired
+        return 0
+
+    def _one(self, op, call, nth, kind):
         ctx = op.prepare(self)
-        before = dict(self.host_state(), pending=self.unfinished_tasks())
+        before = self.host_state(op, ctx)
         rule = dict(FAULTS[kind])
         action = rule.pop('action')
         self.control.clear_calls()
-        self.control.add_fault(call, action, nth=nth, **rule)
+        rule_id = self.control.add_fault(call, action, nth=nth, **rule)
         result = error = None
         try:
             result = op.run(self, ctx)
         except Exception as exc:
             error = exc
+        # Asked of the server, which applied it: not inferred from the
+        # call log, which a disabled injection would fill all the same.
+        fired = sum(r['fired'] for r in self.control.faults()
+                    if r['id'] == rule_id)
         self.control.clear_faults()
         try:
-            if self.control.calls().count(call) < nth:
-                return      # a poll answered sooner this time: not reached
-            COUNTS[op.name][kind] += 1
+            if not fired:
+                return 0
+            COUNTS[op.name][kind] += fired
             if kind == 'timeout' and error is not None:
                 # The host still does the delayed call after the client
                 # gave up: let it finish, then look.
                 time.sleep(FAULTS[kind]['seconds'] - TIMEOUT + 0.2)
             self.verify(op, ctx, call, kind, before, result, error)
+            return fired
         finally:
             op.tidy(self, ctx)
             self.empty_sr()
@@ -913,11 +1010,12 @@ class FaultTestBase(test_driver.DriverTestBase):
                 self.fail('a dropped %s is retried, yet: %s' % (call, error))
         must, may = op.known(self, ctx, result, error)
         self.assert_sr_clean(must, may)
-        after = dict(self.host_state(), pending=self.unfinished_tasks())
+        after = self.host_state(op, ctx)
         if kind == 'drop_after' and call in op.lost_tasks:
             self.assertIn(after['task'] - before['task'], (0, 1), 'tasks')
             after['task'] = before['task']
-        self.assertEqual(before, after, 'SR/PBD/task/VBD/pending tasks')
+        self.assertEqual(before, after, 'the host holds more or less: '
+                         'records, logins, mounts, files, pending tasks')
         self.assert_no_staging()
         op.check(self, ctx, result, error)
 
@@ -969,12 +1067,20 @@ class SetupFaultsTestCase(FaultTestBase):
                     _repeatable(call):
                 self.fail('a dropped %s is retried, yet: %s' % (call, error))
             if ctx.drv.backend is None:
-                # A failed do_setup keeps no login open: the backend
-                # holds the driver's only session, and it was not built.
                 self.assertRaises(cinder_exception.CinderException,
                                   ctx.drv.check_for_setup_error)
-        self.assertEqual(before['task'], self.host_state()['task'], 'task')
-        self.assertEqual(before['pending'], self.unfinished_tasks())
+        after = self.host_state()
+        self.assertEqual(before['task'], after['task'], 'task')
+        self.assertEqual(before['pending'], after['pending'])
+        # The driver's logins are its backend's; closed, the server's
+        # session table is as it was. A login done by the host whose
+        # answer never came is one nobody can log out: XAPI expires it.
+        lost = int(call == 'session.login_with_password' and
+                   kind in ('drop_after', 'timeout'))
+        if ctx.drv.backend is not None:
+            ctx.drv.backend.session.close()
+        self.assertIn(self.host_state()['session'] - before['session'],
+                      (0, lost), 'logins left on the host')
         # Whatever happened, cinder starts the service again: the backend
         # then has its one SR, plugged, and no SR or PBD is left over.
         again = self.make_driver(group=ctx.drv.configuration.config_group,
@@ -985,9 +1091,13 @@ class SetupFaultsTestCase(FaultTestBase):
         if ctx.sr:
             self.assertEqual(ctx.sr, again.backend.sr_uuid)
         after = self.host_state()
-        self.assertEqual((before['SR'] + 1, before['PBD'] + 1),
-                         (after['SR'], after['PBD']), 'SRs, PBDs')
+        self.assertEqual((before['SR'] + 1, before['PBD'] + 1,
+                          len(before['mounts']) + 1),
+                         (after['SR'], after['PBD'], len(after['mounts'])),
+                         'SRs, PBDs, mounts')
         again.backend.session.close()
+        self.assertIn(self.host_state()['session'] - before['session'],
+                      (0, lost), 'logins left on the host')
 
     def test_do_setup(self):
         self.matrix(Setup())
