@@ -36,6 +36,7 @@ from cinder.tests.unit import test
 from cinder.tests.unit import utils as tests_utils
 from cinder.volume import configuration
 from cinder.volume import driver as cinder_driver
+from oslo_config import cfg
 from oslo_utils import units
 
 from tests.vhd_factory import mismatch
@@ -190,8 +191,9 @@ class DriverTestBase(test.TestCase):
                             sr_uuid or self.driver.backend.sr_uuid)
 
     def files(self, sr_uuid=None):
-        return sorted(n for n in os.listdir(self.sr_dir(sr_uuid))
-                      if n.endswith('.vhd'))
+        """Every entry of the SR's directory: a file that is no VHD is a
+        leak too."""
+        return sorted(os.listdir(self.sr_dir(sr_uuid)))
 
     def write(self, obj, data, session=None):
         """Make ``data`` the VDI's disk: ``/import_raw_vdi`` replaces the
@@ -259,22 +261,32 @@ class DriverTestBase(test.TestCase):
     def nothing_leaked(self):
         """The block may fail; afterwards the host holds what it held.
 
-        Same managed VDIs, no task, SR or PBD more, no file without a
-        record. A snapshot or clone that is undone can leave its source
-        one layer deeper (a hidden base copy with the source as child):
-        that is how a file SR works, and XenServer's GC coalesces it.
+        Same managed VDIs, no task, SR, PBD, VBD, login or mount more
+        (as the server counts them), no file in the SR without a record
+        and none more elsewhere in the exports, nothing left in
+        ``image_conversion_dir``. A snapshot or clone that is undone can
+        leave its source one layer deeper (a hidden base copy with the
+        source as child): that is how a file SR works, and XenServer's GC
+        coalesces it.
         """
         before = self.visible_vdis()
+        sr_files = os.path.relpath(self.sr_dir(), self.server.root) + '/'
         state = self.control.state()
         yield
         self.assertEqual(sorted(before), sorted(self.visible_vdis()))
         after = self.control.state()
-        for key in ('SR', 'PBD', 'task', 'VBD'):
+        for key in ('SR', 'PBD', 'task', 'VBD', 'session', 'mounts'):
             self.assertEqual(state[key], after[key], key)
+        self.assertEqual(
+            [f for f in state['files'] if not f.startswith(sr_files)],
+            [f for f in after['files'] if not f.startswith(sr_files)],
+            'files in the exports')
         known = {r['location'] for r in self.session.call(
             'VDI.get_all_records_where',
             'field "SR"="%s"' % self.driver.backend.sr).values()}
         self.assertEqual(sorted('%s.vhd' % k for k in known), self.files())
+        self.assertEqual([], os.listdir(cfg.CONF.image_conversion_dir),
+                         'left in image_conversion_dir')
 
 
 class SetupTestCase(DriverTestBase):
@@ -432,6 +444,16 @@ class VolumeTestCase(DriverTestBase):
         self.assertEqual([], self.files())
         # Gone is gone: a second delete succeeds.
         self.driver.delete_volume(vol)
+
+    def test_nothing_leaked_sees_every_file(self):
+        """The leak check itself: a stray file of any name, in the SR or
+        in image_conversion_dir, fails it."""
+        for where in (self.sr_dir(), cfg.CONF.image_conversion_dir):
+            stray = os.path.join(where, 'stray.part')
+            with self.assertRaises(AssertionError):
+                with self.nothing_leaked():
+                    open(stray, 'w').close()
+            os.remove(stray)
 
     def test_delete_without_provider_location(self):
         with self.nothing_leaked():
