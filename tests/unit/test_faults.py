@@ -454,8 +454,11 @@ class MigrateVolume(Op):
         host = {'host': 'h@%s#%s' % (name, name),
                 'capabilities': dest.get_volume_stats(refresh=True)}
         assert host['capabilities']['backend_state'] == 'up'
+        # The destination SR is the operation's own: check() holds it to
+        # exactly the copy (on success) or nothing (on failure).
         return types.SimpleNamespace(vol=vol, host=host,
-                                     old=vol.provider_location)
+                                     old=vol.provider_location,
+                                     sr=dest.backend.sr_uuid)
 
     def run(self, t, ctx):
         return t.driver.migrate_volume(t.context, ctx.vol, ctx.host)
