@@ -25,6 +25,7 @@ and which hides secrets from what it logs.
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import ssl
 import time
@@ -100,6 +101,23 @@ class Transport(xmlrpc.client.SafeTransport):
                 verbose: bool = False) -> tuple:
         return self.single_request(host, handler, request_body, verbose)
 
+    def peer_closed(self) -> bool:
+        """Whether the kept socket was closed by the host meanwhile.
+
+        Between calls the host sends nothing: a socket that reads now
+        says end of file (a host restarted, a toolstack gone). Sending on
+        it would fail after the request may have left, an ambiguous end
+        for a call that changes something; a new connection is clean.
+        """
+        sock = getattr(self._connection[1], 'sock', None) \
+            if self._connection else None
+        if sock is None:
+            return False
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
 
 class Connection:
     """One logged-in ``XenAPI.Session`` and its transport."""
@@ -129,7 +147,8 @@ class Connection:
                                        o.api_version, o.originator)
 
     def drop_idle_socket(self) -> None:
-        if time.monotonic() - self.last_used > self.owner.idle_timeout:
+        if time.monotonic() - self.last_used > self.owner.idle_timeout \
+                or self.transport.peer_closed():
             self.transport.close()
 
     def request(self, method: str, args: Sequence[Any]) -> Any:
