@@ -26,6 +26,7 @@ from oslo_log import log as logging
 from oslo_utils import excutils
 
 from xenapinfs_driver import exception
+from xenapinfs_driver import markers
 from xenapinfs_driver.xenapi import session as xsession
 from xenapinfs_driver.xenapi import storage
 
@@ -56,15 +57,24 @@ class Backend:
     :param sr_uuid: its uuid, the first part of every location written.
     :param server: the NFS server of the export.
     :param serverpath: the export's path on it, where old SRs live too.
+    :param host: cinder's host of the volume service, which owns the
+        markers of its operations (:attr:`ops`).
+    :param tag: the SR's tag, and ``name`` its name, for when the host
+        forgot it and it is introduced again.
     """
 
     def __init__(self, session: xsession.XenAPISession, sr: str,
-                 sr_uuid: str, server: str, serverpath: str) -> None:
+                 sr_uuid: str, server: str, serverpath: str,
+                 host: str | None = None, tag: str = '',
+                 name: str = '') -> None:
         self.session = session
         self.sr = sr
         self.sr_uuid = sr_uuid
         self.server = server
         self.serverpath = serverpath
+        self.tag = tag
+        self.name = name
+        self.ops = markers.Registry(host)
 
     # -- provider_location --
 
@@ -178,16 +188,35 @@ class Backend:
 
     # -- marks --
 
+    def copy(self, copier, source: str, key: str, value: str,
+             *args, **kwargs) -> tuple[str, str]:
+        """``copier(session, source, *args, **kwargs)``, a snapshot or
+        clone, made cinder's ``key`` ``value``: ``(ref, uuid)``.
+
+        The copy carries its operation's marker (:mod:`.markers`) from the
+        instant it exists until it is tagged, so that a service killed in
+        between leaves an orphan the sweep finds, never one it cannot.
+        """
+        with self.ops.operation('%s %s' % (key, value)) as op:
+            with op.marking(self.session, source):
+                ref, vdi_uuid = copier(self.session, source, *args,
+                                       **kwargs)
+            self.mark(ref, vdi_uuid, key, value)
+        return ref, vdi_uuid
+
     def mark(self, ref: str, vdi_uuid: str, key: str, value: str) -> None:
         """Mark a new VDI as cinder's ``key`` ``value``, or destroy it.
 
         A snapshot or clone inherits its source's ``other_config``: the
-        source's marks go, so that a snapshot never claims to be a volume.
+        source's marks go, so that a snapshot never claims to be a volume,
+        and so do operation markers, once the tag says whose it is.
         """
         try:
             for old in (VOLUME_KEY, SNAPSHOT_KEY):
                 self.session.call('VDI.remove_from_other_config', ref, old)
             self.session.call('VDI.add_to_other_config', ref, key, value)
+            markers.strip(self.session, ref, self.session.call(
+                'VDI.get_other_config', ref))
         except Exception:
             with excutils.save_and_reraise_exception():
                 storage.cleanup('VDI %s' % vdi_uuid, storage.destroy_vdi,

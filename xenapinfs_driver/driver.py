@@ -34,6 +34,7 @@ from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import units
 
+from xenapinfs_driver import adopt
 from xenapinfs_driver import backend
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import download
@@ -43,6 +44,8 @@ from xenapinfs_driver.image import upload
 from xenapinfs_driver import manage
 from xenapinfs_driver import migrate
 from xenapinfs_driver import opts
+from xenapinfs_driver import resolve
+from xenapinfs_driver import sweep
 from xenapinfs_driver.xenapi import session as xsession
 from xenapinfs_driver.xenapi import storage
 
@@ -55,6 +58,7 @@ image_vdi_uuid = backend.image_vdi_uuid
 
 
 @interface.volumedriver
+@resolve.on_stale_refs
 class XenAPINFSDriver(driver.VolumeDriver):
     """Volumes as VHD files on a XenServer NFS SR, managed through XenAPI.
 
@@ -143,6 +147,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         tmp_prefix = staging.prefix(self.host)
         self.downloader.tmp_prefix = self.uploader.tmp_prefix = tmp_prefix
         staging.remove_leftovers(tmp_prefix)
+        self.sweeper = sweep.start(self)
         LOG.info('XenAPINFS backend %(be)s uses SR %(sr)s; images move by '
                  '%(how)s.', {'be': self._backend(), 'sr': sr_uuid,
                               'how': 'the dom0 plugin' if plugin else
@@ -153,17 +158,18 @@ class XenAPINFSDriver(driver.VolumeDriver):
         c = self._conf
         server, path = c('xenapi_nfs_server'), c('xenapi_nfs_serverpath')
         tag = '%s@%s:%s' % (self._backend(), server, path)
+        name = 'Cinder %s' % self._backend()
         # Several volume services of one backend (active-active) start
         # together: one finds or creates the SR, the others then find it.
         with coordination.COORDINATOR.get_lock('%s-sr-%s' % (
                 self.driver_prefix, self._backend())):
-            sr, sr_uuid = storage.find_or_create_nfs_sr(
-                session, server, path, tag, 'Cinder %s' % self._backend(),
-                c('xenapi_sr_uuid'))
+            sr, sr_uuid = adopt.find_sr(session, server, path, tag, name,
+                                        c('xenapi_sr_uuid'), self.host)
         plugin = download.plugin_or_none(
             session, c('xenapi_image_transfer'), c('xenapi_plugin_retries'),
             c('xenapi_image_timeout'))
-        self.backend = backend.Backend(session, sr, sr_uuid, server, path)
+        self.backend = backend.Backend(session, sr, sr_uuid, server, path,
+                                       self.host, tag, name)
         return plugin
 
     def check_for_setup_error(self) -> None:
@@ -224,21 +230,18 @@ class XenAPINFSDriver(driver.VolumeDriver):
 
     def _clone(self, source, volume):
         """A copy-on-write clone of VDI ``source`` as ``volume``."""
-        ref, vdi_uuid = storage.clone_vdi(
-            self.backend.session, source, volume.name,
-            volume.display_description or '', volume.size * units.Gi)
-        self.backend.mark(ref, vdi_uuid, VOLUME_KEY, volume.id)
-        return self._model(vdi_uuid)
+        return self._model(self.backend.copy(
+            storage.clone_vdi, source, VOLUME_KEY, volume.id, volume.name,
+            volume.display_description or '', volume.size * units.Gi)[1])
 
     # -- snapshots --
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.volume_id}')
     def create_snapshot(self, snapshot: Snapshot) -> dict:
-        ref, vdi_uuid = storage.snapshot_vdi(
-            self.backend.session, self.backend.vdi(snapshot.volume),
-            snapshot.name, snapshot.display_description or '')
-        self.backend.mark(ref, vdi_uuid, SNAPSHOT_KEY, snapshot.id)
-        return self._model(vdi_uuid)
+        return self._model(self.backend.copy(
+            storage.snapshot_vdi, self.backend.vdi(snapshot.volume),
+            SNAPSHOT_KEY, snapshot.id, snapshot.name,
+            snapshot.display_description or '')[1])
 
     # NOTE: remotefs locks on the volume because its delete merges the
     # snapshot into the volume's file. This one destroys the snapshot's
@@ -379,6 +382,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
             'backend_state': 'down',
         }
         try:
+            resolve.upkeep(self)
             total, used, provisioned = storage.sr_capacity(
                 self.backend.session, self.backend.sr)
             data.update(location_info=migrate.location_info(self.backend),

@@ -99,6 +99,17 @@ xenapi_opts = [
                default=6, min=1, max=9,
                help='gzip level of XenServer (ovf/vhd) images uploaded '
                     'by the stream path.'),
+    cfg.IntOpt('xenapi_orphan_grace_period',
+               default=600, min=0,
+               help='Seconds a temporary VDI (an upload\'s snapshot, a '
+                    'download\'s layers, a snapshot or clone not yet '
+                    'tagged) must be old, and its operation gone, before '
+                    'the orphan sweep destroys it. The sweep runs when '
+                    'the volume service starts and at each stats poll.'),
+    cfg.IntOpt('xenapi_orphan_sweep_budget',
+               default=10, min=0,
+               help='The most orphan VDIs one sweep destroys, so that a '
+                    'stats poll stays short; 0 turns the sweep off.'),
 ]
 
 CONF = cfg.CONF

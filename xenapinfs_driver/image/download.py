@@ -46,6 +46,7 @@ from oslo_utils import units
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import staging
+from xenapinfs_driver import markers
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import errors as vhd_errors
 from xenapinfs_driver.vhd import pack
@@ -78,6 +79,8 @@ class Downloader:
 
     # Names of the files staged in image_conversion_dir (see staging.py).
     tmp_prefix = staging.BASE
+    # Whose operations mark their VDIs (the driver sets the service's).
+    ops = markers.Registry(None)
 
     def __init__(self, session, sr, sr_path, glance_plugin=None,
                  max_depth=30, timeout=3600.0):
@@ -136,13 +139,21 @@ class Downloader:
         """
         image_id = image_meta['id']
         if self._by_plugin(image_meta):
-            leaf, leaf_uuid = self._download(context, image_id, size)
-            with self._discard(leaf_uuid):
-                target = self.session.call('VDI.get_by_uuid', vdi_uuid)
-                with _lost_task(self.session, 'VDI.copy', [target]):
-                    self.session.call_async('VDI.copy', leaf, self.sr,
-                                            NULL_REF, target,
-                                            timeout=self.timeout)
+            target = self.session.call('VDI.get_by_uuid', vdi_uuid)
+            stack = self._stack()
+            # The volume names the uuids dom0 is given while they may
+            # exist: what a service killed meanwhile leaves, the orphan
+            # sweep finds by them.
+            with self.ops.operation('download of image %s into %s' % (
+                    image_id, vdi_uuid)) as op, \
+                    op.marking(self.session, target, fresh=stack):
+                leaf, leaf_uuid = self._download(context, image_id, size,
+                                                 stack=stack)
+                with self._discard(leaf_uuid):
+                    with _lost_task(self.session, 'VDI.copy', [target]):
+                        self.session.call_async('VDI.copy', leaf, self.sr,
+                                                NULL_REF, target,
+                                                timeout=self.timeout)
             how = 'dom0 plugin'
         else:
             with self._staged(context, image_service, image_meta,
@@ -155,9 +166,13 @@ class Downloader:
 
     # -- dom0 plugin --
 
-    def _download(self, context, image_id, size, leaf_uuid=None):
+    def _stack(self):
+        return [storage.new_uuid() for _ in range(self.max_depth)]
+
+    def _download(self, context, image_id, size, leaf_uuid=None,
+                  stack=None):
         """Fetch the image into new VDIs; ``(ref, uuid)`` of the leaf."""
-        stack = [storage.new_uuid() for _ in range(self.max_depth)]
+        stack = list(stack or self._stack())
         if leaf_uuid:
             stack[-1] = leaf_uuid   # dom0 pops the leaf's first
         fresh = set(stack)

@@ -37,6 +37,7 @@ from oslo_log import log as logging
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import staging
+from xenapinfs_driver import markers
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import pack
 from xenapinfs_driver.xenapi import storage
@@ -53,6 +54,8 @@ class Uploader:
 
     # Names of the files staged in image_conversion_dir (see staging.py).
     tmp_prefix = staging.BASE
+    # Whose operations mark their VDIs (the driver sets the service's).
+    ops = markers.Registry(None)
 
     def __init__(self, session, sr_path, glance_plugin=None, max_depth=30,
                  level=6):
@@ -65,15 +68,22 @@ class Uploader:
     def from_vdi(self, context, image_service, image_meta, vdi_uuid):
         image_id = image_meta['id']
         ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
-        snap, snap_uuid = storage.snapshot_vdi(
-            self.session, ref, 'upload of %s' % vdi_uuid,
-            'image %s' % image_id)
-        try:
-            self._upload(context, image_service, image_meta, snap,
-                         snap_uuid)
-        finally:
-            storage.cleanup('upload snapshot %s' % snap_uuid,
-                            storage.destroy_vdi, self.session, snap_uuid)
+        # The snapshot carries the upload's marker from its first instant:
+        # if it cannot be destroyed here (the host unreachable, the
+        # service killed), the orphan sweep will.
+        with self.ops.operation('upload of %s to image %s' % (
+                vdi_uuid, image_id)) as op:
+            with op.marking(self.session, ref):
+                snap, snap_uuid = storage.snapshot_vdi(
+                    self.session, ref, 'upload of %s' % vdi_uuid,
+                    'image %s' % image_id)
+            try:
+                self._upload(context, image_service, image_meta, snap,
+                             snap_uuid)
+            finally:
+                storage.cleanup('upload snapshot %s' % snap_uuid,
+                                storage.destroy_vdi, self.session,
+                                snap_uuid)
         LOG.info('VDI %(vdi)s uploaded as image %(image)s.',
                  {'vdi': vdi_uuid, 'image': image_id})
 
