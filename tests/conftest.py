@@ -43,7 +43,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 GREEN = tuple(os.path.join(_HERE, *p.split('/')) for p in (
     'unit/test_driver.py', 'unit/test_manage.py', 'unit/image',
     'unit/test_faults.py', 'unit/test_driver_crash.py',
-    'unit/test_compliance.py', 'unit/test_migrate.py', 'functional'))
+    'unit/test_compliance.py', 'unit/test_migrate.py',
+    'unit/test_restart.py', 'functional'))
 
 
 def _is_green(path):
