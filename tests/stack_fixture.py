@@ -113,11 +113,14 @@ def glance_service(tmp_path_factory):
 
 @contextlib.contextmanager
 def running_xapi(root, verbose: bool = False, dom0_plugins=None,
-                 exports=()):
+                 exports=(), listen: str = '127.0.0.1:0', args=()):
     """The XenAPI test server as its own process, as a host would be:
     ``EXPORT``, ``USERNAME`` and ``PASSWORD`` of tests/xapi_fixture.py,
     and its ``DOM0_PLUGINS`` unless ``dom0_plugins`` says;
-    ``exports``: more NFS exports, ``(server, path)`` each.
+    ``exports``: more NFS exports, ``(server, path)`` each. Started again
+    on the same ``root`` (and ``listen`` address, for its clients), it is
+    the same host restarted; ``args`` are more options
+    (``--forget-srs``...).
 
     Yields the ``Popen`` with ``url``, ``root`` (dom0's files) and
     ``log`` (its log file, ``root/xapi.log``) set. ``verbose`` logs each
@@ -132,7 +135,7 @@ def running_xapi(root, verbose: bool = False, dom0_plugins=None,
     log = os.path.join(root, 'xapi.log')
     server, path = xapi_fixture.EXPORT
     argv = [sys.executable, '-m', 'xenapinfs_driver.cmd.xapi_server',
-            '--listen', '127.0.0.1:0', '--root', os.path.join(root, 'dom0'),
+            '--listen', listen, '--root', os.path.join(root, 'dom0'),
             '--username', xapi_fixture.USERNAME, '--password-file', pwfile,
             '--export', '%s:%s' % (server, path),
             '--dom0-plugins', dom0_plugins or xapi_fixture.DOM0_PLUGINS]
@@ -140,7 +143,8 @@ def running_xapi(root, verbose: bool = False, dom0_plugins=None,
         argv += ['--export', '%s:%s' % more]
     if verbose:
         argv.append('--verbose')
-    with open(log, 'w') as logf:
+    argv += list(args)
+    with open(log, 'a') as logf:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=logf,
                                 text=True)
     try:
