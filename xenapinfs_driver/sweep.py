@@ -80,10 +80,14 @@ class Sweeper:
 
     def _pass(self):
         now = self.registry.clock()
+        records = self._records()
+        if not any(self._stale(m, now) for rec in records.values()
+                   for m in markers.marks(rec.get('other_config'))):
+            return []   # the usual pass: cinder's database is not read
         known = set(self.known())
         removed = []
         sources = []
-        for ref, rec in self._records().items():
+        for ref, rec in records.items():
             found = markers.marks(rec.get('other_config'))
             stale = [m for m in found if self._stale(m, now)]
             own = [m for m in stale if m.source == rec['uuid']]

@@ -258,6 +258,16 @@ class SweepTestCase(test_driver.DriverTestBase):
         self.assertFalse(self.marked(self.vol))
         self.assertEqual(DATA, self.read(self.vol, len(DATA)))
 
+    def test_a_pass_with_nothing_stale_does_not_read_cinders_database(self):
+        reads = []
+        self.sweeper.known = lambda: reads.append(1) or set()
+        self.dead_copy(self.vol)
+        self.assertEqual([], self.sweeper.run())
+        self.assertEqual([], reads)
+        self.later()
+        self.assertEqual(1, len(self.sweeper.run()))
+        self.assertEqual([1], reads)
+
     def test_budget_bounds_a_pass(self):
         orphans = {self.dead_copy(self.vol) for _ in range(3)}
         self.later()
