@@ -34,8 +34,8 @@ LOG = logging.getLogger(__name__)
 
 # other_config keys recording which cinder object a VDI belongs to, so an
 # operator looking at the SR (xe vdi-list) can tell.
-VOLUME_KEY = 'cinder-volume-id'
-SNAPSHOT_KEY = 'cinder-snapshot-id'
+# Defined beside the operation markers, which must tell them apart.
+VOLUME_KEY, SNAPSHOT_KEY = markers.CINDER_KEYS
 # uuid5 namespace of image_vdi_uuid (a fixed, random uuid).
 IMAGE_VDI_NAMESPACE = uuid.UUID('6d1f3c2e-8a0b-4f7e-9c55-2b7d0e4a91c3')
 

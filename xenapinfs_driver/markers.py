@@ -40,8 +40,9 @@ from xenapinfs_driver.xenapi import recovery
 LOG = logging.getLogger(__name__)
 
 PREFIX = 'xenapinfs-op-'
-# The tags that say which cinder object a VDI is (backend.py's). A copy
-# inherits its source's: only tags that differ were set for the copy.
+# The tags that say which cinder object a VDI is (backend.VOLUME_KEY and
+# SNAPSHOT_KEY). A copy inherits its source's: only tags that differ were
+# set for the copy.
 CINDER_KEYS = ('cinder-volume-id', 'cinder-snapshot-id')
 
 

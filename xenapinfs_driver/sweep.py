@@ -108,9 +108,11 @@ class Sweeper:
     def _orphan(rec, stale, known):
         if rec['uuid'] in known or not rec.get('managed', True):
             return False
+        # Tagging removes the inherited tags, then adds the copy's own: a
+        # copy holding only inherited ones (or none) was never cinder's.
         other = rec.get('other_config', {})
-        tags = {k: other[k] for k in markers.CINDER_KEYS if k in other}
-        return all(tags == m.tags for m in stale)
+        return all(other[k] == m.tags.get(k) for m in stale
+                   for k in markers.CINDER_KEYS if k in other)
 
     def _destroy(self, rec, mark, removed):
         if storage.destroy_vdi(self.backend.session, rec['uuid']):

@@ -210,6 +210,19 @@ class SweepTestCase(test_driver.DriverTestBase):
         self.assertFalse(self.exists(orphan))
         self.assertEqual(DATA, self.read(self.vol, len(DATA)))
 
+    def test_a_copy_killed_mid_tagging_goes_unless_tagged(self):
+        # Killed after the inherited tag went, before the copy's own came.
+        untagged = self.dead_copy(self.vol)
+        self.session.call('VDI.remove_from_other_config',
+                          self.ref(untagged), driver.VOLUME_KEY)
+        # Killed after the copy's own tag came, before its marker went.
+        tagged = self.dead_copy(self.vol)
+        self.session.call('VDI.add_to_other_config', self.ref(tagged),
+                          driver.SNAPSHOT_KEY, str(uuid.uuid4()))
+        self.later()
+        self.assertEqual([untagged], self.sweeper.run())
+        self.assertTrue(self.exists(tagged))
+
     def test_a_live_operation_is_never_swept(self):
         with self.ops.operation('upload') as op:
             with op.marking(self.session, self.ref(self.vol)):
