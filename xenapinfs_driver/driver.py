@@ -15,7 +15,8 @@ Each backend owns one NFS SR, found by a tag in its ``other_config`` (or
 pinned by ``xenapi_sr_uuid``) and created on first start; each volume and
 snapshot is a VDI in it, a VHD file ``<serverpath>/<sr>/<vdi>.vhd``, and
 ``provider_location`` is ``<sr_uuid>/<vdi_uuid>``. Snapshots, clones and
-volumes from snapshots are copy-on-write VHD chains, never full copies.
+volumes from snapshots are copy-on-write VHD chains, full copies only
+when a chain would grow too deep (:mod:`.depth`).
 
 This module only turns cinder objects into calls of the layers below:
 ``xenapi`` (session, SR/VDI operations) and ``image`` (glance transfers).
@@ -36,6 +37,7 @@ from oslo_utils import units
 
 from xenapinfs_driver import adopt
 from xenapinfs_driver import backend
+from xenapinfs_driver import depth as chains
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import download
 from xenapinfs_driver.image import meta
@@ -87,6 +89,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         self.configuration.append_config_values(opts.xenapi_opts)
         self._session_factory = session_factory or xsession.XenAPISession
         self.backend = None
+        self.chains = None
         self.downloader = None
         self.uploader = None
 
@@ -136,12 +139,14 @@ class XenAPINFSDriver(driver.VolumeDriver):
                 self.backend = None
         sr, sr_uuid = self.backend.sr, self.backend.sr_uuid
         depth = c('xenapi_max_chain_depth')
+        guard = c('xenapi_full_copy_depth'), c('xenapi_image_timeout')
+        self.chains = chains.ChainGuard(session, sr, *guard)
         sr_path = '%s/%s' % (c('xenapi_sr_base_path').rstrip('/'), sr_uuid)
         self.downloader = download.Downloader(
             session, sr, sr_path, plugin, depth, c('xenapi_image_timeout'))
         self.uploader = upload.Uploader(
             session, sr_path, plugin, depth,
-            c('xenapi_image_compression_level'))
+            c('xenapi_image_compression_level'), chains=self.chains)
         # Staged files of this service's last run, if it was killed: no
         # transfer of this service runs yet.
         tmp_prefix = staging.prefix(self.host)
@@ -229,19 +234,20 @@ class XenAPINFSDriver(driver.VolumeDriver):
         return self._clone(self.backend.vdi(src_vref), volume)
 
     def _clone(self, source, volume):
-        """A copy-on-write clone of VDI ``source`` as ``volume``."""
+        """A clone of VDI ``source`` as ``volume`` (see depth)."""
         return self._model(self.backend.copy(
-            storage.clone_vdi, source, VOLUME_KEY, volume.id, volume.name,
-            volume.display_description or '', volume.size * units.Gi)[1])
+            self.chains.clone_copier, source, VOLUME_KEY, volume.id,
+            volume.name, volume.display_description or '',
+            volume.size * units.Gi, for_id=volume.id)[1])
 
     # -- snapshots --
 
     @coordination.synchronized('{self.driver_prefix}-{snapshot.volume_id}')
     def create_snapshot(self, snapshot: Snapshot) -> dict:
         return self._model(self.backend.copy(
-            storage.snapshot_vdi, self.backend.vdi(snapshot.volume),
+            self.chains.snapshot_copier, self.backend.vdi(snapshot.volume),
             SNAPSHOT_KEY, snapshot.id, snapshot.name,
-            snapshot.display_description or '')[1])
+            snapshot.display_description or '', for_id=snapshot.id)[1])
 
     # NOTE: remotefs locks on the volume because its delete merges the
     # snapshot into the volume's file. This one destroys the snapshot's

@@ -95,6 +95,17 @@ xenapi_opts = [
                help='Longest VHD chain accepted in an image that is '
                     'downloaded or uploaded; XenServer refuses chains '
                     'longer than 30.'),
+    cfg.IntOpt('xenapi_full_copy_depth',
+               default=25, min=2, max=29,
+               help='Deepest VHD chain a copy-on-write snapshot, clone, '
+                    'volume from snapshot or upload snapshot may have. '
+                    'Past it the driver makes an independent full copy '
+                    '(VDI.copy) instead, which takes time and space in '
+                    'proportion to the data but starts a new chain: '
+                    'XenServer refuses snapshots and clones of chains '
+                    'deeper than 30, and each kept snapshot or clone adds '
+                    'a level. The gap to 30 leaves room for snapshots '
+                    'made outside cinder.'),
     cfg.IntOpt('xenapi_image_compression_level',
                default=6, min=1, max=9,
                help='gzip level of XenServer (ovf/vhd) images uploaded '

@@ -58,8 +58,10 @@ class Uploader:
     ops = markers.Registry(None)
 
     def __init__(self, session, sr_path, glance_plugin=None, max_depth=30,
-                 level=6):
+                 level=6, chains=None):
         self.session = session
+        # A depth.ChainGuard: the snapshot is a full copy past its depth.
+        self.chains = chains
         self.sr_path = sr_path
         self.glance_plugin = glance_plugin
         self.max_depth = max_depth
@@ -70,13 +72,18 @@ class Uploader:
         ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
         # The snapshot carries the upload's marker from its first instant:
         # if it cannot be destroyed here (the host unreachable, the
-        # service killed), the orphan sweep will.
+        # service killed), the orphan sweep will. Past a chain depth it is
+        # a full copy (depth.ChainGuard).
+        name, why = 'upload of %s' % vdi_uuid, 'image %s' % image_id
         with self.ops.operation('upload of %s to image %s' % (
                 vdi_uuid, image_id)) as op:
             with op.marking(self.session, ref):
-                snap, snap_uuid = storage.snapshot_vdi(
-                    self.session, ref, 'upload of %s' % vdi_uuid,
-                    'image %s' % image_id)
+                if self.chains is None:
+                    snap, snap_uuid = storage.snapshot_vdi(
+                        self.session, ref, name, why)
+                else:
+                    snap, snap_uuid, _full = self.chains.snapshot(
+                        ref, name, why)
             try:
                 self._upload(context, image_service, image_meta, snap,
                              snap_uuid)
