@@ -30,11 +30,10 @@ our VHD library turns it back into a sparse raw disk where one is needed.
 
 import os
 
-from cinder.i18n import _
 from cinder.image import image_utils
 from oslo_log import log as logging
 
-from xenapinfs_driver import exception
+from xenapinfs_driver.image import chains
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import staging
 from xenapinfs_driver import markers
@@ -97,15 +96,12 @@ class Uploader:
     def _upload(self, context, image_service, image_meta, snap, snap_uuid):
         what = meta.kind(image_meta)
         if what == meta.XENSERVER and self.glance_plugin is not None:
-            chain = storage.vdi_chain(self.session, snap, self.max_depth + 1)
-            if len(chain) > self.max_depth:
-                raise exception.ImageTransferError(
-                    reason=_('VDI chain of %(n)d layers exceeds %(max)d')
-                    % {'n': len(chain), 'max': self.max_depth})
-            self.glance_plugin.upload_vhd(
-                image_meta['id'], meta.endpoint(context), self.sr_path,
-                chain, meta.identity_headers(context),
-                _plugin_properties(image_meta))
+            def send(chain):
+                self.glance_plugin.upload_vhd(
+                    image_meta['id'], meta.endpoint(context), self.sr_path,
+                    chain, meta.identity_headers(context),
+                    _plugin_properties(image_meta))
+            chains.send_chain(self.session, snap, self.max_depth, send)
             return
         with image_utils.temporary_file(prefix=self.tmp_prefix + 'up_',
                                         suffix='.vhd') as exported:

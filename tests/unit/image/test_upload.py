@@ -214,6 +214,33 @@ class PluginUploadTestCase(test_download.GlanceCaller,
         self.assertEqual(3, len(storage.vdi_chain(self.session,
                                                   self.ref(new))))
 
+    def test_chain_coalesced_while_dom0_reads_it(self):
+        # A snapshot made and deleted leaves a hidden parent with one
+        # child: the host's GC coalesces it while dom0 is being called.
+        vol = self.new_volume(data=disk_data())
+        self.driver.delete_snapshot(self.snapshot(vol))
+        self.write(vol, pattern(MiB, 64))
+        created = self.glance.create_image(self.headers, name='gc',
+                                           container_format='ovf',
+                                           disk_format='vhd')
+        meta = self.images.show(self.context, created['id'])
+        plugin = self.driver.uploader.glance_plugin
+        real, chains = plugin.upload_vhd, []
+
+        def upload_during_gc(*args, **kwargs):
+            chains.append(list(args[3]))
+            if len(chains) == 1:
+                self.assertTrue(self.control.gc_run())
+            return real(*args, **kwargs)
+        self.mock_object(plugin, 'upload_vhd', upload_during_gc)
+        self.driver.copy_volume_to_image(self.context, vol, self.images,
+                                         meta)
+        self.assertEqual(2, len(chains))
+        self.assertLess(len(chains[1]), len(chains[0]))
+        self.assertEqual('active',
+                         self.glance.show(created['id'],
+                                          self.headers)['status'])
+
     def test_snapshot_destroyed_when_glance_refuses(self):
         vol = self.new_volume(data=disk_data())
         created = self.glance.create_image(self.headers, name='taken',
