@@ -39,6 +39,7 @@ from xenapinfs_driver import adopt
 from xenapinfs_driver import backend
 from xenapinfs_driver import depth as chains
 from xenapinfs_driver import exception
+from xenapinfs_driver import failures
 from xenapinfs_driver.image import download
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import staging
@@ -203,12 +204,10 @@ class XenAPINFSDriver(driver.VolumeDriver):
     def _destroy_unrecorded(self, volume):
         """Destroy a volume's VDI when cinder never learnt where it is.
 
-        A create from an image makes the volume's VDI before cinder
-        learns its location: a volume service killed in the copy leaves
-        it, and cinder sets the volume to error. The stream path marks it
-        with the volume's id when it creates it; dom0's plugin names it
-        :func:`image_vdi_uuid` of the id (the image's other layers, its
-        parents, go with it as base copies). A volume that failed to be
+        A create from an image killed mid-copy leaves the volume's VDI,
+        marked with the volume's id (stream path) or named
+        :func:`image_vdi_uuid` of it (dom0's plugin; the image's other
+        layers go with it as base copies). A volume that failed to be
         managed may have marked the user's VDI: that one stays.
         """
         if volume.status in ('error_managing', 'error_managing_deleting'):
@@ -297,6 +296,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
 
     # -- images --
 
+    @failures.image_refusals
     def clone_image(self, context: context.RequestContext, volume: Volume,
                     image_location, image_meta: dict,
                     image_service) -> tuple[dict | None, bool]:
@@ -320,6 +320,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
             {VOLUME_KEY: volume.id}, leaf_uuid=image_vdi_uuid(volume.id))
         return self._model(vdi_uuid), True
 
+    @failures.image_refusals
     def copy_image_to_volume(self, context: context.RequestContext,
                              volume: Volume, image_service, image_id: str,
                              disable_sparse: bool = False) -> None:
@@ -382,8 +383,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
                 self._conf('max_over_subscription_ratio') or 20.0,
             'thin_provisioning_support': True,
             'thick_provisioning_support': False,
-            'multiattach': False,
-            'QoS_support': False,
+            'multiattach': False, 'QoS_support': False,
             'sparse_copy_volume': True,
             'backend_state': 'down',
         }

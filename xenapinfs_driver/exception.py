@@ -89,3 +89,14 @@ class ImageTransferError(XenAPINFSException):
 class SRNotFound(XenAPINFSException):
     message = _("Storage repository %(sr)s cannot be found or attached: "
                 "%(reason)s")
+
+
+class ImageRefused(exception.ImageUnacceptable):
+    """An image that cannot be used as it is: retrying cannot help.
+
+    An ``ImageUnacceptable``, so that cinder does not reschedule it.
+    """
+
+
+class ImageLargerThanVolume(exception.ImageUnacceptable):
+    """An image whose disk does not fit in the volume."""

@@ -30,7 +30,10 @@ one dynamic VHD, and ``PUT /import_raw_vdi?format=vhd`` writes it.
 
 Either way the disk must fit the volume: glance reports no virtual size
 for ``ovf`` images, so it is checked here, on the stream path before any
-VDI is touched, on the plugin path before the volume is.
+VDI is touched; on the plugin path from the image's first bytes before
+dom0 is asked (:mod:`.precheck`, which also reads the whole image once
+after dom0 fails, so that a broken image is not fetched again), and from
+the downloaded leaf before the volume is touched.
 """
 
 import contextlib
@@ -45,6 +48,7 @@ from oslo_utils import units
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import meta
+from xenapinfs_driver.image import precheck
 from xenapinfs_driver.image import staging
 from xenapinfs_driver import markers
 from xenapinfs_driver import vhd
@@ -59,11 +63,7 @@ LOG = logging.getLogger(__name__)
 NULL_REF = 'OpaqueRef:NULL'
 
 
-def _too_big(image_id, virtual, size):
-    return cinder_exception.ImageUnacceptable(
-        image_id=image_id,
-        reason=_('its disk is %(disk)d bytes, larger than the volume '
-                 '(%(vol)d bytes)') % {'disk': virtual, 'vol': size})
+_too_big = precheck.too_big
 
 
 class Downloader:
@@ -106,7 +106,9 @@ class Downloader:
         image_id = image_meta['id']
         if self._by_plugin(image_meta):
             ref, vdi_uuid = self._download(context, image_id, size,
-                                           leaf_uuid)
+                                           leaf_uuid, self._checker(
+                                               context, image_service,
+                                               image_meta, size))
             with self._discard_on_error(vdi_uuid):
                 self.session.call('VDI.set_name_label', ref, name)
                 self.session.call('VDI.set_name_description', ref,
@@ -147,8 +149,10 @@ class Downloader:
             with self.ops.operation('download of image %s into %s' % (
                     image_id, vdi_uuid)) as op, \
                     op.marking(self.session, target, fresh=stack):
-                leaf, leaf_uuid = self._download(context, image_id, size,
-                                                 stack=stack)
+                leaf, leaf_uuid = self._download(
+                    context, image_id, size, stack=stack,
+                    check=self._checker(context, image_service, image_meta,
+                                        size))
                 with self._discard(leaf_uuid):
                     with _lost_task(self.session, 'VDI.copy', [target]):
                         self.session.call_async('VDI.copy', leaf, self.sr,
@@ -169,9 +173,19 @@ class Downloader:
     def _stack(self):
         return [storage.new_uuid() for _ in range(self.max_depth)]
 
+    def _checker(self, context, image_service, image_meta, size):
+        return precheck.Checker(context, image_service, image_meta, size,
+                                self.max_depth, self.tmp_prefix)
+
     def _download(self, context, image_id, size, leaf_uuid=None,
-                  stack=None):
-        """Fetch the image into new VDIs; ``(ref, uuid)`` of the leaf."""
+                  stack=None, check=None):
+        """Fetch the image into new VDIs; ``(ref, uuid)`` of the leaf.
+
+        ``check``: a :class:`.precheck.Checker`, run before dom0 is asked
+        and after it fails.
+        """
+        if check is not None:
+            check.head()
         stack = list(stack or self._stack())
         if leaf_uuid:
             stack[-1] = leaf_uuid   # dom0 pops the leaf's first
@@ -180,7 +194,8 @@ class Downloader:
             with _lost_task(self.session, 'host.call_plugin', fresh):
                 leaf_uuid = self.glance_plugin.download_vhd(
                     image_id, meta.endpoint(context), self.sr_path, stack,
-                    meta.identity_headers(context))
+                    meta.identity_headers(context),
+                    on_retryable=check and check.after_failure)
         except Exception:
             # NOTE: dom0 may have moved VHDs into the SR before it failed,
             # or before its answer was lost: they carry our fresh uuids.

@@ -16,6 +16,7 @@ plugin path with the test server's dom0 glance plugin fetching from a real
 glance-api, and cinder's real GlanceImageService reading its metadata.
 """
 
+import gzip
 import io
 import os
 import subprocess
@@ -23,6 +24,7 @@ import tempfile
 import uuid
 
 from cinder import context
+from cinder.db import api as db_api
 from cinder import exception as cinder_exception
 from cinder.image import glance
 import cinder.privsep as cinder_privsep
@@ -369,23 +371,92 @@ class PluginDownloadTestCase(GlanceCaller, test_driver.DriverTestBase):
                 self.driver.clone_image(self.context, self.volume(), None,
                                         image, self.images)
         vol = self.new_volume(data=pattern(MiB, 57))
+        self.control.clear_calls()
         with self.nothing_leaked():
             with self.assertRaises(cinder_exception.ImageUnacceptable):
                 self.driver.copy_image_to_volume(self.context, vol,
                                                  self.images, image['id'])
         self.assertEqual(pattern(MiB, 57), self.read(vol, MiB))
+        self.assertEqual(0, self.downloads())
 
     def test_the_callers_identity_reaches_glance(self):
-        # An image of another project is not the caller's to read.
+        # An image of another project is not the caller's to read: glance
+        # says so to the driver's own look at its head, before dom0.
         theirs = self.add_image(xenserver_tgz(seed=11)[0],
                                 glancemod.identity_headers('someone-else'))
+        self.control.clear_calls()
         with self.nothing_leaked():
-            with self.assertRaises(exception.XenAPINFSException) as err:
+            with self.assertRaises(cinder_exception.ImageNotFound):
                 self.driver.clone_image(
                     self.context, self.volume(), None,
                     {'id': theirs, 'container_format': 'ovf',
                      'disk_format': 'vhd'}, self.images)
-        self.assertIn('404', str(err.exception))
+        self.assertEqual(0, self.downloads())
+
+    def downloads(self):
+        return self.control.calls().count('plugin:glance.py/download_vhd2')
+
+    def messages(self, volume):
+        return [m for m in db_api.message_get_all(context.get_admin_context())
+                if m['resource_uuid'] == volume.id]
+
+    def test_too_large_never_reaches_dom0(self):
+        image = self.images.show(self.context,
+                                 self.add_image(big_tgz(GiB + 2 * MiB)))
+        vol = self.volume()
+        self.control.clear_calls()
+        with self.nothing_leaked():
+            with self.assertRaises(exception.ImageLargerThanVolume):
+                self.driver.clone_image(self.context, vol, None, image,
+                                        self.images)
+        self.assertEqual(0, self.downloads())
+        self.assertEqual(['007'],
+                         [m['detail_id'] for m in self.messages(vol)])
+
+    def test_unreadable_heads_never_reach_dom0(self):
+        data = xenserver_tgz(seed=12)[0]
+        cases = {'plain': data[:1] + b'x' + data[2:],
+                 'no tar': gzip.compress(b'conectix' + bytes(64 * 1024)),
+                 'cut': data[:40],
+                 'bad gzip': data[:10] + bytes(300)}
+        for name, bad in cases.items():
+            image = self.images.show(self.context, self.add_image(bad))
+            vol = self.volume()
+            self.control.clear_calls()
+            with self.nothing_leaked():
+                with self.assertRaises(exception.ImageRefused, msg=name):
+                    self.driver.clone_image(self.context, vol, None, image,
+                                            self.images)
+            self.assertEqual(0, self.downloads(), name)
+            self.assertEqual(['029'],
+                             [m['detail_id'] for m in self.messages(vol)])
+
+    def test_truncated_image_fetched_by_dom0_once(self):
+        data = xenserver_tgz(seed=13)[0]
+        image = self.images.show(self.context,
+                                 self.add_image(data[:len(data) // 2]))
+        self.driver.downloader.glance_plugin.retries = 3
+        self.control.clear_calls()
+        with self.nothing_leaked():
+            with self.assertRaises(exception.ImageRefused) as err:
+                self.driver.clone_image(self.context, self.volume(), None,
+                                        image, self.images)
+        self.assertEqual(1, self.downloads())
+        self.assertIn('ends early', str(err.exception))
+
+    def test_transient_failure_of_a_good_image_is_retried(self):
+        image, disk, _layers = self.add_xenserver_image(14)
+        self.driver.downloader.glance_plugin.retries = 1
+        self.control.add_fault('plugin:glance.py/download_vhd2', error=[
+            'XENAPI_PLUGIN_FAILURE', 'download_vhd2', 'RetryableError',
+            'glance answered 503'])
+        self.control.clear_calls()
+        vol = self.volume()
+        model, cloned = self.driver.clone_image(self.context, vol, None,
+                                                image, self.images)
+        vol.provider_location = model['provider_location']
+        self.assertEqual(2, self.downloads())
+        self.assert_disk(vol, disk)
 
 
 class OsXenapiPluginDownloadTestCase(PluginDownloadTestCase):
