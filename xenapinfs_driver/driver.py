@@ -48,6 +48,7 @@ from xenapinfs_driver import manage
 from xenapinfs_driver import migrate
 from xenapinfs_driver import opts
 from xenapinfs_driver import resolve
+from xenapinfs_driver import stats
 from xenapinfs_driver import sweep
 from xenapinfs_driver.xenapi import session as xsession
 from xenapinfs_driver.xenapi import storage
@@ -371,38 +372,10 @@ class XenAPINFSDriver(driver.VolumeDriver):
     # -- stats --
 
     def _update_volume_stats(self):
-        data = {
-            'volume_backend_name': self._backend(),
-            'vendor_name': 'Open Source',
-            'driver_version': self.VERSION,
-            'storage_protocol': self.storage_protocol,
-            'total_capacity_gb': 'unknown',
-            'free_capacity_gb': 'unknown',
-            'reserved_percentage': self._conf('reserved_percentage') or 0,
-            'max_over_subscription_ratio':
-                self._conf('max_over_subscription_ratio') or 20.0,
-            'thin_provisioning_support': True,
-            'thick_provisioning_support': False,
-            'multiattach': False, 'QoS_support': False,
-            'sparse_copy_volume': True,
-            'backend_state': 'down',
-        }
-        try:
-            resolve.upkeep(self)
-            total, used, provisioned = storage.sr_capacity(
-                self.backend.session, self.backend.sr)
-            data.update(location_info=migrate.location_info(self.backend),
-                        total_capacity_gb=round(total / units.Gi, 2),
-                        free_capacity_gb=round(max(total - used, 0) /
-                                               units.Gi, 2),
-                        provisioned_capacity_gb=round(provisioned / units.Gi,
-                                                      2),
-                        backend_state='up')
-        except Exception as exc:  # stats must never raise
-            LOG.warning('Cannot read the capacity of SR %(sr)s: %(err)s',
-                        {'sr': self.backend and self.backend.sr_uuid,
-                         'err': exc})
-        self._stats = data
+        self._stats = stats.collect(
+            self.backend, self._conf, upkeep=lambda: resolve.upkeep(self),
+            volume_backend_name=self._backend(), driver_version=self.VERSION,
+            storage_protocol=self.storage_protocol)
 
     def get_volume_stats(self, refresh: bool = False) -> dict:
         if refresh or not self._stats:

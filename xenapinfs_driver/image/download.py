@@ -105,10 +105,9 @@ class Downloader:
         """
         image_id = image_meta['id']
         if self._by_plugin(image_meta):
-            ref, vdi_uuid = self._download(context, image_id, size,
-                                           leaf_uuid, self._checker(
-                                               context, image_service,
-                                               image_meta, size))
+            ref, vdi_uuid = self._download(
+                context, image_id, size, leaf_uuid, check=self._checker(
+                    context, image_service, image_meta, size))
             with self._discard_on_error(vdi_uuid):
                 self.session.call('VDI.set_name_label', ref, name)
                 self.session.call('VDI.set_name_description', ref,
