@@ -23,10 +23,11 @@ by XAPI (``VDI.copy`` with ``into_vdi``, in dom0) and then destroyed.
 Existing VHD files are never overwritten: dom0 may refuse it, and tapdisk
 may hold the old file open.
 
-Stream path (any image): cinder fetches the image into
-``image_conversion_dir``; our VHD library composes the chain into a sparse
-raw disk (other formats go through cinder's ``fetch_to_raw``), packs it as
-one dynamic VHD, and ``PUT /import_raw_vdi?format=vhd`` writes it.
+Stream path (any image, ``stream_in``): the image flows from glance into
+one sparse raw file in ``image_conversion_dir`` (VHD chains through our
+one-pass reader; other formats through cinder's ``fetch_to_raw``), which
+is packed as one dynamic VHD straight into the body of
+``PUT /import_raw_vdi?format=vhd``.
 
 Either way the disk must fit the volume: glance reports no virtual size
 for ``ovf`` images, so it is checked here, on the stream path before any
@@ -37,33 +38,23 @@ the downloaded leaf before the volume is touched.
 """
 
 import contextlib
-import os
 
-from cinder import exception as cinder_exception
 from cinder.i18n import _
-from cinder.image import image_utils
 from oslo_log import log as logging
 from oslo_utils import excutils
-from oslo_utils import units
 
 from xenapinfs_driver import exception
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import precheck
 from xenapinfs_driver.image import staging
+from xenapinfs_driver.image import stream_in
 from xenapinfs_driver import markers
-from xenapinfs_driver import vhd
-from xenapinfs_driver.vhd import errors as vhd_errors
-from xenapinfs_driver.vhd import pack
 from xenapinfs_driver.xenapi import plugin as xplugin
 from xenapinfs_driver.xenapi import storage
-from xenapinfs_driver.xenapi import transfer
 
 LOG = logging.getLogger(__name__)
 
 NULL_REF = 'OpaqueRef:NULL'
-
-
-_too_big = precheck.too_big
 
 
 class Downloader:
@@ -121,12 +112,12 @@ class Downloader:
             how = 'dom0 plugin'
         else:
             with self._staged(context, image_service, image_meta,
-                              size) as (path, length):
+                              size) as raw:
                 ref, vdi_uuid = storage.create_vdi(
                     self.session, self.sr, size, name, description,
                     other_config)
                 with self._discard_on_error(vdi_uuid):
-                    self._import(ref, path, length)
+                    stream_in.import_raw(self.session, ref, raw)
             how = 'stream'
         LOG.info('Image %(image)s written to new VDI %(vdi)s (%(how)s).',
                  {'image': image_id, 'vdi': vdi_uuid, 'how': how})
@@ -160,9 +151,9 @@ class Downloader:
             how = 'dom0 plugin'
         else:
             with self._staged(context, image_service, image_meta,
-                              size) as (path, length):
+                              size) as raw:
                 ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
-                self._import(ref, path, length)
+                stream_in.import_raw(self.session, ref, raw)
             how = 'stream'
         LOG.info('Image %(image)s written to VDI %(vdi)s (%(how)s).',
                  {'image': image_id, 'vdi': vdi_uuid, 'how': how})
@@ -213,8 +204,13 @@ class Downloader:
             ref = self.session.call('VDI.get_by_uuid', leaf_uuid)
             virtual = int(self.session.call('VDI.get_virtual_size', ref))
             if virtual > size:
-                raise _too_big(image_id, virtual, size)
+                raise stream_in.too_big(image_id, virtual, size)
         return ref, leaf_uuid
+
+    def _staged(self, context, image_service, image_meta, size):
+        """The image's disk as a sparse raw file (stream_in.staged_raw)."""
+        return stream_in.staged_raw(context, image_service, image_meta,
+                                    size, self.tmp_prefix, self.max_depth)
 
     @contextlib.contextmanager
     def _discard_on_error(self, vdi_uuid):
@@ -249,60 +245,6 @@ class Downloader:
                                      'field "SR"="%s"' % self.sr).values():
             if rec['uuid'] in uuids and rec.get('managed', True):
                 storage.destroy_vdi(self.session, rec['uuid'])
-
-    # -- stream --
-
-    @contextlib.contextmanager
-    def _staged(self, context, image_service, image_meta, size):
-        """Yield ``(path, length)`` of the image as one dynamic VHD.
-
-        :raises ImageUnacceptable: the image is unreadable or its disk
-            does not fit in ``size`` bytes.
-        """
-        image_id = image_meta['id']
-        with image_utils.temporary_file(prefix=self.tmp_prefix + 'raw_'
-                                        ) as raw, \
-                image_utils.temporary_file(prefix=self.tmp_prefix + 'vhd_',
-                                           suffix='.vhd') as out:
-            if meta.kind(image_meta) == meta.OTHER:
-                # cinder checks the virtual size (in whole GiB) before
-                # converting, and refuses backing files.
-                image_utils.fetch_to_raw(
-                    context, image_service, image_id, raw, units.Mi,
-                    size=max(1, size // units.Gi), run_as_root=False)
-            else:
-                self._compose(context, image_service, image_id, raw, size)
-            virtual = os.path.getsize(raw)
-            if virtual > size:
-                raise _too_big(image_id, virtual, size)
-            pack.pack(raw, out, vhd_only=True)
-            yield out, os.path.getsize(out)
-
-    def _compose(self, context, image_service, image_id, raw, size):
-        """Fetch a VHD image and write its disk to ``raw`` (sparse)."""
-        with image_utils.temporary_file(prefix=self.tmp_prefix + 'img_'
-                                        ) as img:
-            image_utils.fetch(context, image_service, image_id, img,
-                              None, None)
-            try:
-                # max_size: a disk larger than the volume is refused when
-                # its footer is read, before its data is written.
-                vhd.convert(img, raw, limits=vhd.Limits(
-                    max_depth=self.max_depth, max_size=size))
-            except vhd.VhdError as exc:
-                exc.source = None   # our temporary file: means nothing
-                reason = str(exc)
-                if isinstance(exc, vhd_errors.LimitExceeded) and \
-                        (exc.field or '').endswith(('current size',
-                                                    'file size')):
-                    reason = _('%(err)s, the size of the volume') % {
-                        'err': reason}
-                raise cinder_exception.ImageUnacceptable(
-                    image_id=image_id, reason=reason)
-
-    def _import(self, ref, path, length):
-        with open(path, 'rb') as src:
-            transfer.import_vdi(self.session, ref, src, length, 'vhd')
 
 
 @contextlib.contextmanager

@@ -24,11 +24,12 @@ disk; the snapshot is destroyed afterwards, whatever happens.
   converts with qemu-img.
 
 The stream path always exports ``vhd``: only the allocated blocks cross
-the network, where a ``raw`` export would send every zero of the volume;
-our VHD library turns it back into a sparse raw disk where one is needed.
+the network, where a ``raw`` export would send every zero of the volume.
+It keeps at most one local copy (``stream_out``): a bare VHD goes from the
+export to glance as it comes; otherwise our VHD library writes one sparse
+raw file, which a XenServer image is packed from straight into glance's
+upload.
 """
-
-import os
 
 from cinder.image import image_utils
 from oslo_log import log as logging
@@ -37,10 +38,8 @@ from xenapinfs_driver.image import chains
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import staging
 from xenapinfs_driver import markers
-from xenapinfs_driver import vhd
-from xenapinfs_driver.vhd import pack
+from xenapinfs_driver.image import stream_out
 from xenapinfs_driver.xenapi import storage
-from xenapinfs_driver.xenapi import transfer
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +47,8 @@ LOG = logging.getLogger(__name__)
 class Uploader:
     """Uploads VDIs of one SR to glance.
 
-    :param level: gzip level of tgz images made by the stream path.
+    :param level: gzip level of tgz images made by the stream path (1-3
+        compress with isal where installed, 4-9 with zlib: slower).
     """
 
     # Names of the files staged in image_conversion_dir (see staging.py).
@@ -57,7 +57,7 @@ class Uploader:
     ops = markers.Registry(None)
 
     def __init__(self, session, sr_path, glance_plugin=None, max_depth=30,
-                 level=6, chains=None):
+                 level=1, chains=None):
         self.session = session
         # A depth.ChainGuard: the snapshot is a full copy past its depth.
         self.chains = chains
@@ -103,37 +103,21 @@ class Uploader:
                     _plugin_properties(image_meta))
             chains.send_chain(self.session, snap, self.max_depth, send)
             return
-        with image_utils.temporary_file(prefix=self.tmp_prefix + 'up_',
-                                        suffix='.vhd') as exported:
-            self._export(snap, exported)
-            if what == meta.BARE_VHD:
-                self._send(context, image_service, image_meta, exported)
-                return
-            with image_utils.temporary_file(prefix=self.tmp_prefix + 'raw_'
-                                            ) as raw:
-                vhd.convert(exported, raw)
-                if what == meta.OTHER:
-                    image_utils.upload_volume(context, image_service,
-                                              image_meta, raw,
-                                              run_as_root=False)
-                    return
-                with image_utils.temporary_file(prefix=self.tmp_prefix +
-                                                'tgz_',
-                                                suffix='.tgz') as tgz:
-                    pack.pack(raw, tgz, level=self.level)
-                    LOG.debug('XenServer image packed: %d bytes',
-                              os.path.getsize(tgz))
-                    self._send(context, image_service, image_meta, tgz)
+        image_id = image_meta['id']
 
-    def _export(self, ref, path):
-        with open(path, 'wb') as dest:
-            transfer.export_to_file(self.session, ref, dest, 'vhd')
-
-    @staticmethod
-    def _send(context, image_service, image_meta, path):
-        with open(path, 'rb') as data:
-            image_service.update(context, image_meta['id'], {}, data,
+        def send(data):
+            image_service.update(context, image_id, {}, data,
                                  purge_props=False)
+        if what == meta.BARE_VHD:
+            stream_out.send_export(self.session, snap, send)
+            return
+        with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
+                                     image_id) as raw:
+            if what == meta.OTHER:
+                image_utils.upload_volume(context, image_service,
+                                          image_meta, raw, run_as_root=False)
+            else:
+                stream_out.send_tgz(raw, send, self.level)
 
 
 def _plugin_properties(image_meta):

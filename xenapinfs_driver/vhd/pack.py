@@ -99,7 +99,7 @@ def pack(src: str, dst: str, *, vhd_only: bool = False,
         raise errors.VhdError(
             'standard input is not supported: the layout of the VHD needs '
             'the size of the disk and a first pass over it', source='<stdin>')
-    disk = _Disk(src)
+    disk = Disk(src)
     try:
         if disk.virtual_size > max_size:
             raise errors.LimitExceeded(
@@ -111,7 +111,7 @@ def pack(src: str, dst: str, *, vhd_only: bool = False,
             compressor = deflate.pick_compressor(zlib_name, level)
         out = _Output(dst)
         try:
-            result = _pack(disk, out, compressor, workers, progress)
+            result = pack_into(disk, out, compressor, workers, progress)
             out.commit()
         except BaseException:
             out.abort()
@@ -121,13 +121,15 @@ def pack(src: str, dst: str, *, vhd_only: bool = False,
     return result
 
 
-def _pack(disk, out, compressor, workers, progress) -> Result:
-    read = _Counter(progress)
+def pack_into(disk, out, compressor, workers, progress) -> Result:
+    """Pack the open Disk into out (write, tell, path, written); a
+    compressor from deflate.pick_compressor makes it a tgz."""
+    read = Counter(progress)
     stored = disk.nonzero_blocks(read)
     size = disk.virtual_size
-    vhd_size = _vhd_size(disk, stored)
+    vhd_size = vhd_length(disk, stored)
     read.total = read.done + sum(disk.block_length(i) for i in stored)
-    blocks = _LazyBlocks(disk, stored, read)
+    blocks = LazyBlocks(disk, stored, read)
     if compressor is None:
         sink = out
     else:
@@ -135,14 +137,14 @@ def _pack(disk, out, compressor, workers, progress) -> Result:
         sink = deflate.ParallelGzip(out.write, module, level, workers)
     try:
         if compressor is not None:
-            sink.write(_tar_header(vhd_size))
+            sink.write(tar_header(vhd_size))
         start = sink.tell()
         writer.write_dynamic(sink, size, blocks, order=stored)
         if sink.tell() - start != vhd_size:
             raise AssertionError('the VHD came out %d bytes, not %d'
                                  % (sink.tell() - start, vhd_size))
         if compressor is not None:
-            sink.write(_tar_trailer(vhd_size, sink.tell()))
+            sink.write(tar_trailer(vhd_size, sink.tell()))
             sink.close()
     except BaseException:
         if sink is not out:
@@ -157,7 +159,7 @@ def _pack(disk, out, compressor, workers, progress) -> Result:
         level=None if compressor is None else compressor[2])
 
 
-def _vhd_size(disk, stored: list) -> int:
+def vhd_length(disk, stored: list) -> int:
     """The size of the VHD write_dynamic will write: the tar member's."""
     # The same layout as write_dynamic's.
     lay = writer.Layout(disk.virtual_size, stored, BLOCK, None, True, [],
@@ -175,7 +177,7 @@ def _vhd_size(disk, stored: list) -> int:
 
 # -- input --------------------------------------------------------------------
 
-class _Disk:
+class Disk:
     """The raw disk, opened read-only: a regular file or a block device."""
 
     def __init__(self, path: str):
@@ -278,7 +280,7 @@ class _Disk:
         return False
 
 
-class _Counter:
+class Counter:
     """Counts the bytes read and reports them to a progress callback."""
 
     def __init__(self, progress):
@@ -292,7 +294,7 @@ class _Counter:
             self.progress(self.done, self.total)
 
 
-class _LazyBlocks:
+class LazyBlocks:
     """The stored blocks as write_dynamic wants them, read on demand.
 
     write_dynamic asks for every block's bitmap while it builds the batmap,
@@ -300,7 +302,7 @@ class _LazyBlocks:
     is taken (the second item); the bitmap is None: every sector present.
     """
 
-    def __init__(self, disk: _Disk, order: list, read):
+    def __init__(self, disk: Disk, order: list, read):
         self.disk = disk
         self.order = order
         self.read = read
@@ -312,7 +314,7 @@ class _LazyBlocks:
         return len(self.order)
 
     def __getitem__(self, idx: int):
-        return _LazyBlock(self, idx)
+        return LazyBlock(self, idx)
 
     def data(self, idx: int) -> bytes:
         n = self.disk.block_length(idx)
@@ -324,10 +326,10 @@ class _LazyBlocks:
         return data
 
 
-class _LazyBlock:
+class LazyBlock:
     __slots__ = ('blocks', 'idx')
 
-    def __init__(self, blocks: _LazyBlocks, idx: int):
+    def __init__(self, blocks: LazyBlocks, idx: int):
         self.blocks = blocks
         self.idx = idx
 
@@ -359,7 +361,7 @@ def _refuse_same_file(src: str, dst: str) -> None:
 
 # -- the tar member -----------------------------------------------------------
 
-def _tar_header(vhd_size: int) -> bytes:
+def tar_header(vhd_size: int) -> bytes:
     """The header of 0.vhd: a regular file, as tar in dom0 writes one."""
     info = tarfile.TarInfo(MEMBER)
     info.size = vhd_size
@@ -371,7 +373,7 @@ def _tar_header(vhd_size: int) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, 'utf-8', 'surrogateescape')
 
 
-def _tar_trailer(vhd_size: int, archive_pos: int) -> bytes:
+def tar_trailer(vhd_size: int, archive_pos: int) -> bytes:
     """Pad the member, end the archive, fill the record, as tar(1) does."""
     pad = -vhd_size % tarfile.BLOCKSIZE
     end = archive_pos + pad + 2 * tarfile.BLOCKSIZE

@@ -59,7 +59,14 @@ class _Input:
     def __init__(self, path: str, zlib_name: str | None = None):
         self.name = path
         self.inflater = None
-        if path == '-':
+        self.own = not hasattr(path, 'read')
+        if not self.own:
+            # A stream handed over by the caller (an HTTP body): it has no
+            # size, and the caller closes it.
+            self.fobj = path
+            self.name = getattr(path, 'name', None) or '<stream>'
+            total = None
+        elif path == '-':
             self.fobj = sys.stdin.buffer
             self.name = '<stdin>'
             total = None
@@ -94,7 +101,7 @@ class _Input:
         if self.inflater is not None:
             self.inflater.close()
         self.raw.close()
-        if self.fobj is not sys.stdin.buffer:
+        if self.own and self.fobj is not sys.stdin.buffer:
             self.fobj.close()
 
 
@@ -141,8 +148,9 @@ def _run(path, composer, limits, check_parents, zlib_name, on_input=None):
     try:
         inp = _Input(path, zlib_name)
     except OSError as exc:
-        raise errors.VhdError('cannot read: %s' % exc.strerror,
-                              source=path) from None
+        raise errors.VhdError(
+            'cannot read: %s' % (exc.strerror or exc),
+            source=path if isinstance(path, str) else '<stream>') from None
     try:
         if on_input is not None:
             on_input(inp)
@@ -215,6 +223,9 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
             progress=None) -> Result:
     """Write the disk a XenServer image (or VHD) holds to dest, raw.
 
+    path is a file name, '-' for standard input, or a file object read
+    once from where it stands (an HTTP body).
+
     :param zero_fill: write zeros where no layer has data. Default: only
         when dest is written in place (a block device, or an existing file
         with in_place), where old contents would show through.
@@ -243,7 +254,7 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
 
 def _refuse_same_file(path: str, dest: str) -> None:
     """The input is never modified: not even by naming it as the output."""
-    if path == '-':
+    if path == '-' or hasattr(path, 'read'):
         return
     try:
         same = os.path.samefile(path, dest)

@@ -78,27 +78,56 @@ def import_vdi(session: XenAPISession, vdi_ref: str, source: BinaryIO,
     With ``fmt='vhd'`` the bytes are one VHD whose disk becomes the VDI's
     content; with ``'raw'`` they are the disk itself, from offset 0.
     """
+    def fill(write):
+        left = int(length)
+        while left:
+            data = source.read(min(CHUNK, left))
+            if not data:
+                break
+            write(data)
+            left -= len(data)
+    import_vdi_from(session, vdi_ref, length, fill, fmt, progress)
+
+
+def import_vdi_from(session: XenAPISession, vdi_ref: str, length: int,
+                    fill: Callable[[Callable[[bytes], None]], object],
+                    fmt: str = 'vhd',
+                    progress: Callable[[int], object] | None = None) -> None:
+    """Like :func:`import_vdi`, but ``fill(write)`` makes the body.
+
+    ``fill`` calls ``write(data)`` until it has written exactly ``length``
+    bytes: a VHD packed on the fly goes straight into the request, with no
+    file of its own. Fewer or more bytes fail the transfer.
+    """
     _check_format(fmt)
     what = 'PUT /import_raw_vdi'
+    length = int(length)
     with session.borrow() as held, tasks.created(
             session, 'import_raw_vdi', held.call) as task:
         conn = session.http_connection()
+        sent = 0
+
+        def write(data):
+            nonlocal sent
+            if sent + len(data) > length:
+                raise exception.ImageTransferError(
+                    reason=_('the source is longer than the %d bytes '
+                             'announced') % length)
+            conn.send(data)
+            sent += len(data)
+            if progress:
+                progress(len(data))
         try:
             conn.putrequest('PUT', _path('import_raw_vdi', held.handle,
                                          task, vdi_ref, fmt))
             conn.putheader('Content-Type', 'application/octet-stream')
-            conn.putheader('Content-Length', str(int(length)))
+            conn.putheader('Content-Length', str(length))
             conn.endheaders()
-            left = int(length)
-            while left:
-                data = source.read(min(CHUNK, left))
-                if not data:
-                    raise exception.ImageTransferError(
-                        reason=_('the source ended %d bytes early') % left)
-                conn.send(data)
-                left -= len(data)
-                if progress:
-                    progress(len(data))
+            fill(write)
+            if sent < length:
+                raise exception.ImageTransferError(
+                    reason=_('the source ended %d bytes early')
+                    % (length - sent))
             resp = conn.getresponse()
             resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -161,7 +190,18 @@ def export_vdi(session: XenAPISession, vdi_ref: str,
                 _finish(session, held, task, what, resp.status, resp.reason)
             length = resp.getheader('Content-Length')
             reader = _Reader(resp, session.url, what)
-            yield reader, (int(length) if length is not None else None)
+            try:
+                yield reader, (int(length) if length is not None else None)
+            except BaseException:
+                # The reader gave up (glance refused the upload, say): hang
+                # up, and let the host end the task before the caller
+                # touches the VDI again (destroying it would be refused).
+                # The response holds the socket: closing the connection
+                # alone would not hang up.
+                resp.close()
+                conn.close()
+                tasks.settled(session, task, what, held.call)
+                raise
             while reader.read(CHUNK):
                 pass  # drain, so the task can complete
         finally:

@@ -28,11 +28,11 @@ from cinder.db import api as db_api
 from cinder import exception as cinder_exception
 from cinder.image import glance
 import cinder.privsep as cinder_privsep
-from cinder.tests.unit.image import fake as fake_image
 from oslo_config import cfg
 from oslo_utils import units
 import pytest
 
+from tests import fake_images
 from tests import stack_fixture
 from tests.unit import test_driver
 from tests import vhd_factory
@@ -51,12 +51,7 @@ PROJECT = 'project-dl'
 
 def image_service():
     """cinder's in-memory image service, one per test."""
-    service = fake_image._FakeImageService()
-    # NOTE: the fake sets temp_images to a MagicMock, which cinder's
-    # TemporaryImages takes for a cache holding every image (a MagicMock
-    # "path"): fetch_to_raw then never downloads. Real services have None.
-    service.temp_images = None
-    return service
+    return fake_images.ImageService()
 
 
 def xenserver_tgz(seed=1, **kw):

@@ -692,5 +692,5 @@ def test_the_last_block_may_not_land_on_the_unused_bat_value():
         // lay.stride
     assert lay.offset_of(last) // SECTOR == 0xFFFFFFFF
     with pytest.raises(errors.LimitExceeded):
-        pack._vhd_size(Disk, list(range(last + 1)))
-    assert pack._vhd_size(Disk, list(range(last))) > 0
+        pack.vhd_length(Disk, list(range(last + 1)))
+    assert pack.vhd_length(Disk, list(range(last))) > 0

@@ -1,0 +1,202 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The stream path into a VDI, with at most one local copy of the image.
+
+The one copy is a sparse raw file in ``image_conversion_dir``, holding
+only the image's data:
+
+* XenServer tgz and bare VHD images flow from glance's chunks straight
+  into the VHD library's one-pass reader, which composes the chain into
+  it (no tgz, no extracted VHD on disk);
+* ``raw`` images are written into it as they arrive, all-zero pieces
+  skipped (they stay holes);
+* anything else goes through cinder's ``fetch_to_raw`` (qemu-img needs a
+  file to read), which holds the fetched image and the raw until it ends.
+
+The raw file is then packed as one dynamic VHD straight into the body of
+``PUT /import_raw_vdi?format=vhd`` (``vhdstream.PackedVhd``): no VHD file.
+A full ``image_conversion_dir`` is an error that names it and the space
+the image needs.
+"""
+
+import contextlib
+import errno
+import os
+
+from cinder import exception as cinder_exception
+from cinder.i18n import _
+from cinder.image import format_inspector
+from cinder.image import image_utils
+from oslo_utils import units
+
+from xenapinfs_driver.image import meta
+from xenapinfs_driver.image import pipe
+from xenapinfs_driver.image import precheck
+from xenapinfs_driver import vhd
+from xenapinfs_driver.vhd import errors as vhd_errors
+from xenapinfs_driver.vhd import vhdstream
+from xenapinfs_driver.xenapi import transfer
+
+# A raw image is written in pieces of this size; a piece of zeros is
+# skipped. Small enough to keep scattered data sparse, large enough to
+# cost few system calls.
+SPARSE_PIECE = 64 << 10
+_ZERO_PIECE = bytes(SPARSE_PIECE)
+
+
+# One wording and one type (ImageLargerThanVolume) whichever path finds
+# that the disk does not fit.
+too_big = precheck.too_big
+
+
+def no_space(image_id, directory, needed):
+    """The error for a full ``image_conversion_dir``."""
+    return cinder_exception.ImageTooBig(
+        image_id=image_id,
+        reason=_('image_conversion_dir %(dir)s is full: the image needs '
+                 'up to %(need)d bytes of scratch space there (the data of '
+                 'its disk), %(free)d are free') % {
+            'dir': directory, 'need': needed,
+            'free': _free(directory)})
+
+
+def _free(directory):
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def is_enospc(exc):
+    while exc is not None:
+        if getattr(exc, 'errno', None) == errno.ENOSPC or \
+                os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def scratch_dir():
+    return image_utils.CONF.image_conversion_dir
+
+
+@contextlib.contextmanager
+def staged_raw(context, image_service, image_meta, size, prefix,
+               max_depth):
+    """Yield the path of the image's disk as a sparse raw file.
+
+    :raises ImageUnacceptable: unreadable, or larger than ``size``.
+    :raises ImageDownloadFailed: glance stopped sending.
+    :raises ImageTooBig: ``image_conversion_dir`` is full.
+    """
+    image_id = image_meta['id']
+    with image_utils.temporary_file(prefix=prefix + 'raw_') as raw:
+        try:
+            kind = meta.kind(image_meta)
+            if kind != meta.OTHER:
+                _compose(context, image_service, image_id, raw, size,
+                         max_depth)
+            elif image_meta.get('disk_format') == 'raw' and \
+                    image_meta.get('container_format') in ('bare', None):
+                _fetch_sparse(context, image_service, image_id, raw, size)
+            else:
+                # cinder checks the virtual size (in whole GiB) before
+                # converting, and refuses backing files.
+                image_utils.fetch_to_raw(
+                    context, image_service, image_id, raw, units.Mi,
+                    size=max(1, size // units.Gi), run_as_root=False)
+        except Exception as exc:
+            if is_enospc(exc):
+                raise no_space(image_id, os.path.dirname(raw),
+                               image_meta.get('virtual_size') or
+                               image_meta.get('size') or size) from exc
+            raise
+        virtual = os.path.getsize(raw)
+        if virtual > size:
+            raise too_big(image_id, virtual, size)
+        yield raw
+
+
+def _download_failed(image_id, exc):
+    return cinder_exception.ImageDownloadFailed(
+        image_href=image_id, reason=str(exc) or type(exc).__name__)
+
+
+def _compose(context, image_service, image_id, raw, size, max_depth):
+    """Read a VHD image from glance and write its disk to ``raw``."""
+    reader = pipe.ChunkReader(image_service.download(context, image_id))
+    try:
+        # max_size: a disk larger than the volume is refused when its
+        # footer is read, before its data is written. in_place: the
+        # temporary file itself is written (no second name to clean up).
+        vhd.convert(reader, raw, in_place=True, limits=vhd.Limits(
+            max_depth=max_depth, max_size=size))
+    except vhd.VhdError as exc:
+        if reader.error is not None:
+            raise _download_failed(image_id, reader.error) from exc
+        if is_enospc(exc):
+            raise
+        exc.source = None   # our temporary file: means nothing
+        reason = str(exc)
+        if isinstance(exc, vhd_errors.LimitExceeded) and \
+                (exc.field or '').endswith(('current size', 'file size')):
+            reason = _('%(err)s, the size of the volume') % {'err': reason}
+        raise cinder_exception.ImageUnacceptable(image_id=image_id,
+                                                 reason=reason)
+    finally:
+        reader.close()
+
+
+def _fetch_sparse(context, image_service, image_id, raw, size):
+    """Write a raw image to ``raw``, leaving its zero pieces as holes."""
+    chunks = image_service.download(context, image_id)
+    reader = pipe.ChunkReader(chunks)
+    offset = 0
+    try:
+        with open(raw, 'r+b') as out:
+            fd = out.fileno()
+            while True:
+                try:
+                    piece = reader.read(SPARSE_PIECE)
+                except pipe.FetchError as exc:
+                    raise _download_failed(image_id, reader.error) from exc
+                if not piece:
+                    break
+                if offset + len(piece) > size:
+                    raise too_big(image_id, offset + len(piece), size)
+                if piece != (_ZERO_PIECE if len(piece) == SPARSE_PIECE
+                             else bytes(len(piece))):
+                    os.pwrite(fd, piece, offset)
+                offset += len(piece)
+            os.ftruncate(fd, offset)
+    finally:
+        reader.close()
+    if offset == 0:
+        raise cinder_exception.ImageUnacceptable(
+            image_id=image_id, reason=_('it holds no data'))
+    # The bytes become the disk as they are; still, a "raw" image holding
+    # another format is refused, as cinder's own fetch does.
+    found = str(format_inspector.detect_file_format(raw))
+    if found != 'raw':
+        raise cinder_exception.ImageUnacceptable(
+            image_id=image_id,
+            reason=_("The image format was claimed to be 'raw' but the "
+                     "image data appears to be '%s'.") % found)
+
+
+def import_raw(session, ref, raw):
+    """Write the raw disk file ``raw`` into the VDI ``ref``, packed as a
+    dynamic VHD on the fly (only its non-zero blocks cross the wire)."""
+    with vhdstream.PackedVhd(raw) as packed:
+        transfer.import_vdi_from(session, ref, packed.length,
+                                 packed.write_to, 'vhd')
