@@ -49,6 +49,7 @@ demo: system-deps venv
 bench: system-deps venv
 	$(BIN)/python bench/bench_convert.py $(ARGS)
 	$(BIN)/python bench/bench_pack.py $(ARGS)
+	$(BIN)/python bench/bench_image_paths.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info build dist

@@ -301,10 +301,11 @@ class XenAPINFSDriver(driver.VolumeDriver):
     def clone_image(self, context: context.RequestContext, volume: Volume,
                     image_location, image_meta: dict,
                     image_service) -> tuple[dict | None, bool]:
-        """Take VHD images here; cinder's generic path cannot read them.
+        """Take VHD and raw images here: cinder's generic path cannot read
+        VHDs, and would write out a raw image in full (zeros too) first.
 
-        A XenServer (ovf/vhd) image goes through cinder's generic path
-        when the image-volume cache is on, which ends in
+        A XenServer (ovf/vhd) or raw image goes through cinder's generic
+        path when the image-volume cache is on, which ends in
         :meth:`copy_image_to_volume` and lets the cache clone later
         volumes; a bare VHD is taken here always, because the generic
         path runs ``qemu-img info -f vhd``, which qemu-img refuses.
@@ -312,7 +313,7 @@ class XenAPINFSDriver(driver.VolumeDriver):
         kind = meta.kind(image_meta)
         if kind == meta.OTHER:
             return None, False
-        if kind == meta.XENSERVER and \
+        if kind in (meta.XENSERVER, meta.RAW) and \
                 self._conf('image_volume_cache_enabled'):
             return None, False
         _ref, vdi_uuid = self.downloader.new_vdi(

@@ -734,6 +734,14 @@ class CloneImage(Op):
             t.assertEqual(disk, t.read(_location(result), len(disk)))
 
 
+class CloneRawImage(CloneImage):
+    """A raw image: fetched sparse, then packed into the PUT as a VHD."""
+    name = 'clone_image_raw'
+
+    def prepare(self, t):
+        return types.SimpleNamespace(image=t.raw_image())
+
+
 class CopyImageToVolume(Op):
     name = 'copy_image_to_volume'
 
@@ -786,6 +794,13 @@ class CopyVolumeToImage(Op):
 class CopyVolumeToBareVhd(CopyVolumeToImage):
     name = 'copy_volume_to_image_bare_vhd'
     disk_format, container_format = 'vhd', 'bare'
+
+
+class CopyVolumeToQcow2(CopyVolumeToImage):
+    """The export read as a stream into one raw file, which qemu-img
+    converts for cinder's upload."""
+    name = 'copy_volume_to_image_qcow2'
+    disk_format, container_format = 'qcow2', 'bare'
 
 
 # -- the test cases ----------------------------------------------------------
@@ -1129,6 +1144,16 @@ class StreamImageFaultsTestCase(FaultTestBase):
             data=io.BytesIO(self.image_data))
         return self.images.show(self.context, image_id)
 
+    def raw_image(self):
+        image_id = str(uuid.uuid4())
+        self.images.create(self.context, {
+            'id': image_id, 'name': 'raw', 'status': 'active',
+            'visibility': 'private', 'protected': False,
+            'disk_format': 'raw', 'container_format': 'bare',
+            'size': len(self.image_disk), 'properties': {}},
+            data=io.BytesIO(self.image_disk))
+        return self.images.show(self.context, image_id)
+
     def queued_image(self, disk_format, container_format):
         meta = {'id': str(uuid.uuid4()), 'name': 'up', 'status': 'queued',
                 'disk_format': disk_format,
@@ -1150,6 +1175,12 @@ class StreamImageFaultsTestCase(FaultTestBase):
 
     def test_copy_volume_to_image_bare_vhd(self):
         self.matrix(CopyVolumeToBareVhd())
+
+    def test_clone_raw_image(self):
+        self.matrix(CloneRawImage())
+
+    def test_copy_volume_to_qcow2(self):
+        self.matrix(CopyVolumeToQcow2())
 
 
 @pytest.fixture(scope='class')

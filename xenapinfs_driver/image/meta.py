@@ -15,12 +15,18 @@ from cinder.image import glance
 
 XENSERVER = 'xenserver'     # container ovf, disk vhd: a tgz of a VHD chain
 BARE_VHD = 'vhd'            # any other container, disk vhd: one VHD file
+RAW = 'raw'                 # bare raw: the disk itself, fetched sparse
 OTHER = 'other'             # what cinder's image_utils converts
 
 
 def kind(image_meta):
-    """``XENSERVER``, ``BARE_VHD`` or ``OTHER`` for glance metadata."""
-    if (image_meta or {}).get('disk_format') != 'vhd':
+    """``XENSERVER``, ``BARE_VHD``, ``RAW`` or ``OTHER`` for glance
+    metadata."""
+    image_meta = image_meta or {}
+    if image_meta.get('disk_format') == 'raw' and \
+            image_meta.get('container_format') in ('bare', None):
+        return RAW
+    if image_meta.get('disk_format') != 'vhd':
         return OTHER
     if image_meta.get('container_format') == 'ovf':
         return XENSERVER

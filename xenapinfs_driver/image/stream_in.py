@@ -103,11 +103,10 @@ def staged_raw(context, image_service, image_meta, size, prefix,
     with image_utils.temporary_file(prefix=prefix + 'raw_') as raw:
         try:
             kind = meta.kind(image_meta)
-            if kind != meta.OTHER:
+            if kind in (meta.XENSERVER, meta.BARE_VHD):
                 _compose(context, image_service, image_id, raw, size,
                          max_depth)
-            elif image_meta.get('disk_format') == 'raw' and \
-                    image_meta.get('container_format') in ('bare', None):
+            elif kind == meta.RAW:
                 _fetch_sparse(context, image_service, image_id, raw, size)
             else:
                 # cinder checks the virtual size (in whole GiB) before

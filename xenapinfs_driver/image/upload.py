@@ -113,7 +113,7 @@ class Uploader:
             return
         with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
                                      image_id) as raw:
-            if what == meta.OTHER:
+            if what in (meta.OTHER, meta.RAW):
                 image_utils.upload_volume(context, image_service,
                                           image_meta, raw, run_as_root=False)
             else:

@@ -16,11 +16,13 @@ plugin path with the test server's dom0 glance plugin fetching from a real
 glance-api, and cinder's real GlanceImageService reading its metadata.
 """
 
+import errno
 import gzip
 import io
 import os
 import subprocess
 import tempfile
+from unittest import mock
 import uuid
 
 from cinder import context
@@ -38,6 +40,7 @@ from tests.unit import test_driver
 from tests import vhd_factory
 from xenapinfs_driver import driver
 from xenapinfs_driver import exception
+from xenapinfs_driver.image import stream_in
 from xenapinfs_driver.testing.stack import glance as glancemod
 from xenapinfs_driver.xenapi import storage
 
@@ -172,9 +175,11 @@ class StreamDownloadTestCase(test_driver.DriverTestBase):
             data = qemu_image(raw, fmt) if fmt != 'raw' else raw
             image = self.add_image(data, fmt)
             vol = self.volume()
-            # Not ours: cinder's generic path creates, then copies.
-            self.assertEqual((None, False), self.driver.clone_image(
-                self.context, vol, None, image, self.images))
+            # qcow2 is not ours: cinder's generic path creates, then
+            # copies; a raw image is ours, but copies the same way.
+            if fmt == 'qcow2':
+                self.assertEqual((None, False), self.driver.clone_image(
+                    self.context, vol, None, image, self.images))
             vol.provider_location = self.driver.create_volume(vol)[
                 'provider_location']
             self.driver.copy_image_to_volume(self.context, vol, self.images,
@@ -238,27 +243,117 @@ class StreamDownloadTestCase(test_driver.DriverTestBase):
             self.assertRaises(exception.XenAPINFSException,
                               self.clone_image, image)
 
+    def staged_sizes(self):
+        """Record (apparent, allocated) bytes of each staged raw file as
+        it is imported."""
+        sizes = []
+        real = stream_in.import_raw
+
+        def spy(session, ref, raw):
+            st = os.stat(raw)
+            sizes.append((st.st_size, st.st_blocks * 512))
+            return real(session, ref, raw)
+        self.mock_object(stream_in, 'import_raw', spy)
+        return sizes
+
+    def test_raw_image_is_fetched_sparse(self):
+        # 16 MiB with 2 MiB of data: the zeros are neither written to
+        # scratch nor sent to the host.
+        disk = bytes(5 * MiB) + pattern(MiB, 60) + bytes(9 * MiB) + \
+            pattern(MiB, 61)
+        sizes = self.staged_sizes()
+        vol = self.clone_image(self.add_image(disk, 'raw'))
+        self.assert_disk(vol, disk)
+        self.assertEqual(1, len(sizes))
+        self.assertEqual(len(disk), sizes[0][0])
+        self.assertLessEqual(sizes[0][1], 2 * MiB + 128 * 1024)
+        self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
+    def test_xenserver_image_stages_only_its_data(self):
+        data, disk, _layers = xenserver_tgz(seed=7)
+        sizes = self.staged_sizes()
+        vol = self.clone_image(self.add_image(data, 'vhd', 'ovf'))
+        self.assert_disk(vol, disk)
+        nonzero = sum(MiB for i in range(0, len(disk), MiB)
+                      if disk[i:i + MiB].strip(b'\0'))
+        self.assertLessEqual(sizes[0][1], nonzero + MiB)
+
+    def test_raw_image_holding_another_format_is_refused(self):
+        image = self.add_image(qemu_image(pattern(MiB, 62), 'qcow2'), 'raw')
+        with self.nothing_leaked():
+            with self.assertRaises(
+                    cinder_exception.ImageUnacceptable) as err:
+                self.clone_image(image)
+        self.assertIn("claimed to be 'raw'", str(err.exception))
+        self.assertIn('qcow2', str(err.exception))
+        self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
+    def test_glance_that_stops_sending(self):
+        data, _disk, _layers = xenserver_tgz(seed=8)
+        raw_disk = pattern(4 * MiB, 63)
+        for blob, fmt, container in ((data, 'vhd', 'ovf'),
+                                     (raw_disk, 'raw', 'bare')):
+            image = self.add_image(blob, fmt, container)
+            real = self.images.download
+
+            def cut(context, image_id, data=None, real=real):
+                chunks = real(context, image_id)
+                yield next(chunks)
+                raise IOError('connection reset by glance')
+            with mock.patch.object(self.images, 'download', cut):
+                with self.nothing_leaked():
+                    with self.assertRaises(
+                            cinder_exception.ImageDownloadFailed) as err:
+                        self.clone_image(image)
+            self.assertIn('connection reset by glance', str(err.exception))
+            self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
+    def test_full_conversion_dir_is_named(self):
+        data, _disk, _layers = xenserver_tgz(seed=9)
+        directory = os.path.realpath(CONF.image_conversion_dir)
+        real = os.pwrite
+
+        def full(fd, buf, offset):
+            # Only the staged files fill up; the host's SR has room.
+            if os.readlink('/proc/self/fd/%d' % fd).startswith(directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd, buf, offset)
+        for blob, fmt, container in ((data, 'vhd', 'ovf'),
+                                     (pattern(MiB, 64), 'raw', 'bare')):
+            image = self.add_image(blob, fmt, container)
+            with mock.patch.object(os, 'pwrite', full):
+                with self.nothing_leaked():
+                    with self.assertRaises(
+                            cinder_exception.ImageTooBig) as err:
+                        self.clone_image(image)
+            self.assertIn(CONF.image_conversion_dir, str(err.exception))
+            self.assertIn('needs up to', str(err.exception))
+            self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
     def test_clone_image_contract(self):
         xs = self.add_image(xenserver_tgz(seed=6)[0], 'vhd', 'ovf')
         bare = self.add_image(bare_vhd(2 * MiB, {0: pattern(2 * MiB, 58)})[0],
                               'vhd')
-        other = self.add_image(b'\0' * 4096, 'raw')
+        other = self.add_image(qemu_image(pattern(MiB, 59), 'qcow2'),
+                               'qcow2')
+        raw = self.add_image(pattern(MiB, 59), 'raw')
         self.control.clear_calls()
         self.assertEqual((None, False), self.driver.clone_image(
             self.context, self.volume(), None, other, self.images))
         self.assertEqual([], self.control.calls())
-        for image in (xs, bare):
+        for image in (xs, bare, raw):
             model, cloned = self.driver.clone_image(
                 self.context, self.volume(), None, image, self.images)
             self.assertTrue(cloned)
             self.assertTrue(model['provider_location'].startswith(
                 self.driver.backend.sr_uuid + '/'))
-        # With the image-volume cache, ovf/vhd takes cinder's generic path
-        # (which caches it); a bare VHD is still ours: cinder cannot.
+        # With the image-volume cache, ovf/vhd and raw take cinder's generic
+        # path (which caches them); a bare VHD is still ours: cinder cannot.
         cached = self.make_driver(image_volume_cache_enabled=True)
         cached.do_setup(self.context)
-        self.assertEqual((None, False), cached.clone_image(
-            self.context, self.volume(), None, xs, self.images))
+        for image in (xs, raw):
+            self.assertEqual((None, False), cached.clone_image(
+                self.context, self.volume(), None, image, self.images))
         self.assertTrue(cached.clone_image(
             self.context, self.volume(), None, bare, self.images)[1])
 

@@ -26,7 +26,9 @@ from xenapinfs_driver.image import meta
     ('ami', 'vhd', meta.BARE_VHD),
     ('ovf', 'vmdk', meta.OTHER),
     ('bare', 'qcow2', meta.OTHER),
-    ('bare', 'raw', meta.OTHER),
+    ('bare', 'raw', meta.RAW),
+    (None, 'raw', meta.RAW),
+    ('ovf', 'raw', meta.OTHER),
     ('bare', 'vhdx', meta.OTHER),
     ('ovf', None, meta.OTHER),
 ])
