@@ -119,10 +119,15 @@ def make_images(work: str, size: int, data: int) -> dict:
     make_disk(raw, size, data)
     tgz = os.path.join(work, 'disk.tgz')
     pack.pack(raw, tgz)
+    dense = os.path.join(work, 'dense.raw')
+    with open(dense, 'wb') as f:
+        rng = random.Random(16)
+        for _ in range(data // BLOCK):
+            f.write(rng.randbytes(BLOCK))
     qcow2 = os.path.join(work, 'disk.qcow2')
     subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
                     qcow2], check=True)
-    return {'raw': raw, 'tgz': tgz, 'qcow2': qcow2}
+    return {'raw': raw, 'tgz': tgz, 'qcow2': qcow2, 'dense': dense}
 
 
 # -- sampling ------------------------------------------------------------
@@ -213,6 +218,7 @@ class Run:
         self.data = data
         self.vol_gib = vol_gib
         self.samples = {}
+        self.probe = None
         self.expected = digest(images['raw'], vol_gib * GiB)
 
     def glance(self, stack, *args):
@@ -381,6 +387,55 @@ class Run:
             self.delete(stack, vid)
 
 
+# -- format=raw streaming: a measurement for a decision --------------------
+
+def raw_probe(xs, stack, work, image_id, size, label):
+    """A raw image into a VDI two ways, in this process, the same way:
+    streamed straight from glance into ``PUT /import_raw_vdi?format=raw``
+    (no local copy, every zero sent), and the driver's way (fetched
+    sparse into one file, then packed as a VHD into the PUT)."""
+    from xenapinfs_driver.image import stream_in
+    from xenapinfs_driver.xenapi import storage
+    import urllib.request
+
+    sr = next(ref for ref, rec in xs.call('SR.get_all_records').items()
+              if rec['type'] == 'nfs')
+    url = '%s/v2/images/%s/file' % (stack.glance.url, image_id)
+    out = {}
+    for way in ('format=raw stream', 'sparse file + vhd'):
+        ref, vdi_uuid = storage.create_vdi(xs, sr, -(-size // GiB) * GiB,
+                                           'probe')
+        raw = os.path.join(work, 'probe.raw')
+        try:
+            t0 = time.monotonic()
+            with urllib.request.urlopen(url, timeout=600) as resp:
+                if way == 'format=raw stream':
+                    transfer.import_vdi(xs, ref, resp, size, 'raw')
+                    scratch = 0
+                else:
+                    zeros = bytes(stream_in.SPARSE_PIECE)
+                    with open(raw, 'wb') as f:
+                        pos = 0
+                        while True:
+                            piece = resp.read(len(zeros))
+                            if not piece:
+                                break
+                            if piece != zeros[:len(piece)]:
+                                os.pwrite(f.fileno(), piece, pos)
+                            pos += len(piece)
+                        f.truncate(pos)
+                    scratch = os.stat(raw).st_blocks * 512
+                    stream_in.import_raw(xs, ref, raw)
+            out[way] = (time.monotonic() - t0, scratch)
+        finally:
+            if os.path.exists(raw):
+                os.unlink(raw)
+            storage.destroy_vdi(xs, vdi_uuid)
+        print('  %-8s %-20s %6.1f s  scratch %6d MiB'
+              % (label, way, out[way][0], out[way][1] // MiB), flush=True)
+    return out
+
+
 def run_stack(label, code, work, images, args) -> Run:
     run = Run(label, code, work, images, args.size, args.data,
               args.volume_gib)
@@ -406,6 +461,20 @@ def run_stack(label, code, work, images, args) -> Run:
                     xapi_fixture.PASSWORD).connect()
                 try:
                     run.run(xs, stack, args.repeat)
+                    if code == ROOT and not args.no_raw_probe:
+                        print('format=raw streaming against the driver\'s '
+                              'way (raw images):', flush=True)
+                        run.probe = {
+                            'sparse': raw_probe(
+                                xs, stack, work,
+                                run.add_image(stack, images['raw'], 'raw',
+                                              'bare'),
+                                args.size, 'sparse'),
+                            'dense': raw_probe(
+                                xs, stack, work,
+                                run.add_image(stack, images['dense'], 'raw',
+                                              'bare'),
+                                args.data, 'dense')}
                 finally:
                     xs.close()
     finally:
@@ -439,6 +508,11 @@ def report(after: Run, before: Run | None, data: int) -> None:
     print('  upload ovf/vhd stream / upload ovf/vhd plugin: %.2f' % ratio(
         r['upload ovf/vhd stream']['seconds'],
         r['upload ovf/vhd plugin']['seconds']))
+    if after.probe:
+        for kind, ways in after.probe.items():
+            print('  %s raw image, format=raw stream / sparse file + vhd: '
+                  '%.2f' % (kind, ratio(ways['format=raw stream'][0],
+                                        ways['sparse file + vhd'][0])))
     if before is not None:
         print('  speed-up against %s (before time / after time):'
               % before.code)
@@ -462,6 +536,8 @@ def main(argv=None) -> int:
     parser.add_argument('--repeat', type=int, default=1,
                         help='run every path N times on the stack; the '
                              'median time is shown (default 1)')
+    parser.add_argument('--no-raw-probe', action='store_true',
+                        help='skip the format=raw streaming measurement')
     parser.add_argument('--workdir', help='scratch directory (default: the '
                                           'system temporary directory)')
     parser.add_argument('--json', help='write the figures to this file')
@@ -484,7 +560,8 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump({'after': after.results,
-                           'before': before and before.results}, f,
+                           'before': before and before.results,
+                           'raw_probe': after.probe}, f,
                           indent=1)
     except BenchError as exc:
         print('FAILED: %s' % exc, file=sys.stderr)
