@@ -38,6 +38,7 @@ last. The machine is shared, so times vary: compare ratios, not seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -351,40 +352,47 @@ class Run:
 
     # -- the set --
 
-    def run(self, xs, stack, repeat):
-        img = {
+    def add_images(self, stack):
+        self.img = {
             'tgz': self.add_image(stack, self.images['tgz'], 'vhd', 'ovf'),
             'qcow2': self.add_image(stack, self.images['qcow2'], 'qcow2',
                                     'bare'),
             'raw': self.add_image(stack, self.images['raw'], 'raw', 'bare'),
         }
-        print('%s (services import %s):' % (self.label, self.code),
-              flush=True)
-        for _ in range(repeat):
-            self.run_once(xs, stack, img)
+        self.vols = {}
 
-    def run_once(self, xs, stack, img):
-        vols = {}
-        for name, backend, image in (
-                ('create ovf/vhd plugin', 'xs_plugin', 'tgz'),
-                ('create ovf/vhd stream', 'xs_stream', 'tgz'),
-                ('create qcow2 stream', 'xs_stream', 'qcow2'),
-                ('create raw stream', 'xs_stream', 'raw')):
-            vid = self.create(stack, name, backend, img[image])
-            self.check_volume(xs, vid, name)
-            vols[name] = vid
-        for name, backend, source, fmt, container in (
-                ('upload ovf/vhd plugin', 'xs_plugin',
-                 'create ovf/vhd plugin', 'vhd', 'ovf'),
-                ('upload ovf/vhd stream', 'xs_stream',
-                 'create ovf/vhd stream', 'vhd', 'ovf'),
-                ('upload qcow2 stream', 'xs_stream', 'create qcow2 stream',
-                 'qcow2', 'bare')):
-            image_id = self.upload(stack, name, backend, vols[source], fmt,
-                                   container)
-            self.check_image(stack, image_id, fmt, name)
-        for vid in vols.values():
-            self.delete(stack, vid)
+    def steps(self):
+        """The paths in order, each ``(name, run(xs, stack))``."""
+        def create(name, backend, image):
+            def go(xs, stack):
+                vid = self.create(stack, name, backend, self.img[image])
+                self.check_volume(xs, vid, name)
+                self.vols[name] = vid
+            return name, go
+
+        def upload(name, backend, source, fmt, container):
+            def go(xs, stack):
+                image_id = self.upload(stack, name, backend,
+                                       self.vols[source], fmt, container)
+                self.check_image(stack, image_id, fmt, name)
+            return name, go
+
+        def clean(xs, stack):
+            for vid in self.vols.values():
+                self.delete(stack, vid)
+            self.vols = {}
+        return [
+            create('create ovf/vhd plugin', 'xs_plugin', 'tgz'),
+            create('create ovf/vhd stream', 'xs_stream', 'tgz'),
+            create('create qcow2 stream', 'xs_stream', 'qcow2'),
+            create('create raw stream', 'xs_stream', 'raw'),
+            upload('upload ovf/vhd plugin', 'xs_plugin',
+                   'create ovf/vhd plugin', 'vhd', 'ovf'),
+            upload('upload ovf/vhd stream', 'xs_stream',
+                   'create ovf/vhd stream', 'vhd', 'ovf'),
+            upload('upload qcow2 stream', 'xs_stream',
+                   'create qcow2 stream', 'qcow2', 'bare'),
+            (None, clean)]
 
 
 # -- format=raw streaming: a measurement for a decision --------------------
@@ -436,15 +444,18 @@ def raw_probe(xs, stack, work, image_id, size, label):
     return out
 
 
-def run_stack(label, code, work, images, args) -> Run:
+@contextlib.contextmanager
+def started(label, code, work, images, args):
+    """A stack whose services import the driver from ``code``: yields
+    ``(run, xs, stack)``."""
     run = Run(label, code, work, images, args.size, args.data,
               args.volume_gib)
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (code, env.get('PYTHONPATH')) if p)
+    path = os.pathsep.join(p for p in (code, os.environ.get('PYTHONPATH'))
+                           if p)
     root = tempfile.mkdtemp(prefix='stack-', dir=work)
-    old_env = dict(os.environ)
-    os.environ['PYTHONPATH'] = env['PYTHONPATH']
+    old = os.environ.get('PYTHONPATH')
+    # The XenAPI server's process inherits it, as the services do.
+    os.environ['PYTHONPATH'] = path
     try:
         xroot = os.path.join(root, 'xapi')
         os.makedirs(xroot)
@@ -455,33 +466,61 @@ def run_stack(label, code, work, images, args) -> Run:
                 'xs_stream': stack_fixture.xenapinfs_backend(xapi.url,
                                                              'stream')}
             with Stack(os.path.join(root, 'stack'), backends,
-                       extra_env={'PYTHONPATH': env['PYTHONPATH']}) as stack:
+                       extra_env={'PYTHONPATH': path}) as stack:
+                if old is None:
+                    del os.environ['PYTHONPATH']
+                else:
+                    os.environ['PYTHONPATH'] = old
                 xs = xsession.XenAPISession(
                     xapi.url, xapi_fixture.USERNAME,
                     xapi_fixture.PASSWORD).connect()
                 try:
-                    run.run(xs, stack, args.repeat)
-                    if code == ROOT and not args.no_raw_probe:
-                        print('format=raw streaming against the driver\'s '
-                              'way (raw images):', flush=True)
-                        run.probe = {
-                            'sparse': raw_probe(
-                                xs, stack, work,
-                                run.add_image(stack, images['raw'], 'raw',
-                                              'bare'),
-                                args.size, 'sparse'),
-                            'dense': raw_probe(
-                                xs, stack, work,
-                                run.add_image(stack, images['dense'], 'raw',
-                                              'bare'),
-                                args.data, 'dense')}
+                    run.add_images(stack)
+                    yield run, xs, stack
                 finally:
                     xs.close()
     finally:
-        os.environ.clear()
-        os.environ.update(old_env)
+        if old is None:
+            os.environ.pop('PYTHONPATH', None)
+        else:
+            os.environ['PYTHONPATH'] = old
         shutil.rmtree(root, ignore_errors=True)
-    return run
+
+
+def run_all(work, images, args):
+    """Every path on each stack, the stacks taking turns path by path, so
+    that a change in the machine's load hits both alike."""
+    with contextlib.ExitStack() as stacks:
+        runs = []
+        if args.before:
+            runs.append(stacks.enter_context(started(
+                'before', os.path.abspath(args.before), work, images,
+                args)))
+        runs.append(stacks.enter_context(started('after', ROOT, work,
+                                                 images, args)))
+        for _ in range(args.repeat):
+            plans = [(run, xs, stack, run.steps())
+                     for run, xs, stack in runs]
+            for index in range(len(plans[0][3])):
+                for run, xs, stack, steps in plans:
+                    name, go = steps[index]
+                    if name:
+                        print('  %-6s' % run.label, end='', flush=True)
+                    go(xs, stack)
+        after_run, xs, stack = runs[-1]
+        if not args.no_raw_probe:
+            print('format=raw streaming against the driver\'s way (raw '
+                  'images):', flush=True)
+            after_run.probe = {
+                'sparse': raw_probe(
+                    xs, stack, work, after_run.add_image(
+                        stack, images['raw'], 'raw', 'bare'),
+                    args.size, 'sparse'),
+                'dense': raw_probe(
+                    xs, stack, work, after_run.add_image(
+                        stack, images['dense'], 'raw', 'bare'),
+                    args.data, 'dense')}
+        return after_run, (runs[0][0] if args.before else None)
 
 
 def ratio(a, b):
@@ -551,11 +590,7 @@ def main(argv=None) -> int:
               'volumes of %d GiB' % (args.size // MiB, args.data // MiB,
                                      args.volume_gib), flush=True)
         images = make_images(work, args.size, args.data)
-        before = None
-        if args.before:
-            before = run_stack('before', os.path.abspath(args.before),
-                               work, images, args)
-        after = run_stack('after', ROOT, work, images, args)
+        after, before = run_all(work, images, args)
         report(after, before, args.data)
         if args.json:
             with open(args.json, 'w') as f:
