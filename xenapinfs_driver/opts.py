@@ -109,13 +109,13 @@ xenapi_opts = [
     cfg.IntOpt('xenapi_image_compression_level',
                default=1, min=1, max=9,
                help='gzip level of XenServer (ovf/vhd) images uploaded '
-                    'by the stream path, compressed on every core. 1 to 3 '
-                    'use isal (where installed): about 1 GB/s per core of '
-                    'data, 3 as small as zlib\'s 6; 4 to 9 use zlib-ng or '
-                    'zlib: on incompressible data zlib does about 60 MB/s '
-                    'per core at 4 to 6 and 15 MB/s or less at 7 to 9, for '
-                    'images a few percent smaller. Level 1 is the fastest '
-                    'and close in size to 3 on disk data.'),
+                    'by the stream path. What each costs, per core, on '
+                    'incompressible data (most of a used disk): 1 (isal, '
+                    'where installed) about 15 times zlib\'s speed, '
+                    'hundreds of MiB/s; 2 and 3 (isal) several times '
+                    'slower than 1; 4 to 9 (zlib-ng or zlib) 20 to 30 '
+                    'MiB/s. Higher levels make images smaller only where '
+                    'the data compresses (text, zeros written out).'),
     cfg.IntOpt('xenapi_orphan_grace_period',
                default=600, min=0,
                help='Seconds a temporary VDI (an upload\'s snapshot, a '

@@ -68,7 +68,7 @@ def exported_raw(session, ref, prefix, image_id):
 
 def send_tgz(raw, send, level):
     """``send(fileobj)`` the raw disk as a XenServer image, compressed on
-    the fly (``level``: gzip level; isal for 1 to 3, on every core)."""
+    the fly (``level``: gzip level; isal for 1 to 3)."""
     result = []
     data = pipe.Pipe(lambda write: result.append(
         vhdstream.write_tgz(raw, write, level=level)))
