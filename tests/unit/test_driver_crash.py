@@ -119,9 +119,9 @@ class StreamCrashTestCase(test_driver.DriverTestBase):
         seen = []
         real = drv.downloader._import
 
-        def look(ref, path, length):
+        def look(ref, path):
             seen.extend(os.listdir(os.path.dirname(path)))
-            return real(ref, path, length)
+            return real(ref, path)
         vol = self.volume()
         with mock.patch.object(drv.downloader, '_import', look):
             drv.clone_image(self.context, vol, None, self.image,

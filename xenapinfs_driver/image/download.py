@@ -117,7 +117,7 @@ class Downloader:
                     self.session, self.sr, size, name, description,
                     other_config)
                 with self._discard_on_error(vdi_uuid):
-                    stream_in.import_raw(self.session, ref, raw)
+                    self._import(ref, raw)
             how = 'stream'
         LOG.info('Image %(image)s written to new VDI %(vdi)s (%(how)s).',
                  {'image': image_id, 'vdi': vdi_uuid, 'how': how})
@@ -153,7 +153,7 @@ class Downloader:
             with self._staged(context, image_service, image_meta,
                               size) as raw:
                 ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
-                stream_in.import_raw(self.session, ref, raw)
+                self._import(ref, raw)
             how = 'stream'
         LOG.info('Image %(image)s written to VDI %(vdi)s (%(how)s).',
                  {'image': image_id, 'vdi': vdi_uuid, 'how': how})
@@ -211,6 +211,10 @@ class Downloader:
         """The image's disk as a sparse raw file (stream_in.staged_raw)."""
         return stream_in.staged_raw(context, image_service, image_meta,
                                     size, self.tmp_prefix, self.max_depth)
+
+    def _import(self, ref, raw):
+        """Write the staged raw disk into the VDI (packed on the fly)."""
+        stream_in.import_raw(self.session, ref, raw)
 
     @contextlib.contextmanager
     def _discard_on_error(self, vdi_uuid):
