@@ -83,6 +83,8 @@ def dispatch(fn_table):
                  ['UNKNOWN_XENAPI_PLUGIN_FUNCTION', method]})
         return
     session = XenAPI.xapi_local()   # not connected until used, as on dom0
+    # The XenAPI client has no public way to adopt a session it did not
+    # log in; XAPI's own XenAPIPlugin.dispatch sets this attribute too.
     session._session = session_id
     try:
         result = fn_table[method](session, args)
