@@ -80,6 +80,20 @@ def cli_table(output: str) -> list:
                       re.M)
 
 
+def cli_field(output: str, name: str) -> str:
+    """The value of property ``name`` in a client's table; fails naming
+    it when the table has none."""
+    match = re.search(r'^\|\s*%s\s*\|\s*(.*?)\s*\|$' % re.escape(name),
+                      output, re.M)
+    assert match, 'no %s in:\n%s' % (name, output)
+    return match.group(1)
+
+
+def cinder_cli(stack, *args) -> str:
+    """What the ``cinder`` client prints for ``args`` (it must succeed)."""
+    return stack.run_cli(stack.cinder_cli_args() + list(args)).stdout
+
+
 def _keep_logs_only(workdir) -> None:
     """Data (images, databases) goes; the logs stay for a post-mortem,
     under pytest's own temporary directory and its retention."""

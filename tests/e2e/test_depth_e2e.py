@@ -51,12 +51,6 @@ UNLIMITED = {'quota_volumes': -1, 'quota_snapshots': -1,
 
 
 @pytest.fixture(scope='module')
-def xapi(tmp_path_factory):
-    with stack_fixture.running_xapi(tmp_path_factory.mktemp('xapi')) as proc:
-        yield proc
-
-
-@pytest.fixture(scope='module')
 def stack(tmp_path_factory, xapi):
     backends = {BACKEND: stack_fixture.xenapinfs_backend(xapi.url,
                                                          'plugin')}
@@ -66,8 +60,7 @@ def stack(tmp_path_factory, xapi):
         yield s
 
 
-def _cinder(stack, *args):
-    return stack.run_cli(stack.cinder_cli_args() + list(args)).stdout
+_cinder = stack_fixture.cinder_cli
 
 
 def _field(output, name):

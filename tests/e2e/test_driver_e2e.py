@@ -14,7 +14,6 @@ Disk contents are checked through the XenAPI server (our own session,
 import io
 import os
 import random
-import re
 import subprocess
 import time
 
@@ -36,13 +35,6 @@ def _backend(mode, url):
 
 
 @pytest.fixture(scope='module')
-def xapi(tmp_path_factory):
-    """The XenAPI test server as its own process, as a host would be."""
-    with stack_fixture.running_xapi(tmp_path_factory.mktemp('xapi')) as proc:
-        yield proc
-
-
-@pytest.fixture(scope='module')
 def stack(tmp_path_factory, xapi):
     backends = {'xs_plugin': _backend('plugin', xapi.url),
                 'xs_stream': _backend('stream', xapi.url)}
@@ -52,15 +44,10 @@ def stack(tmp_path_factory, xapi):
         yield s
 
 
-def _field(output, name):
-    match = re.search(r'^\|\s*%s\s*\|\s*(.*?)\s*\|$' % re.escape(name),
-                      output, re.M)
-    assert match, 'no %s in:\n%s' % (name, output)
-    return match.group(1)
+_field = stack_fixture.cli_field
 
 
-def _cinder(stack, *args):
-    return stack.run_cli(stack.cinder_cli_args() + list(args)).stdout
+_cinder = stack_fixture.cinder_cli
 
 
 def _glance(stack, *args):

@@ -15,7 +15,6 @@ and the data never changes. Depth and file counts are read from the host
 import io
 import os
 import random
-import re
 import time
 
 import pytest
@@ -35,12 +34,6 @@ BOUND = 3
 
 
 @pytest.fixture(scope='module')
-def xapi(tmp_path_factory):
-    with stack_fixture.running_xapi(tmp_path_factory.mktemp('xapi')) as proc:
-        yield proc
-
-
-@pytest.fixture(scope='module')
 def stack(tmp_path_factory, xapi):
     backends = {'xs_life': stack_fixture.xenapinfs_backend(xapi.url,
                                                            'plugin')}
@@ -48,15 +41,10 @@ def stack(tmp_path_factory, xapi):
         yield s
 
 
-def _field(output, name):
-    match = re.search(r'^\|\s*%s\s*\|\s*(.*?)\s*\|$' % re.escape(name),
-                      output, re.M)
-    assert match, 'no %s in:\n%s' % (name, output)
-    return match.group(1)
+_field = stack_fixture.cli_field
 
 
-def _cinder(stack, *args):
-    return stack.run_cli(stack.cinder_cli_args() + list(args)).stdout
+_cinder = stack_fixture.cinder_cli
 
 
 def _wait(stack, path, key, status, timeout=120):

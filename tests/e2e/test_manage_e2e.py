@@ -37,12 +37,6 @@ UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 
 
 @pytest.fixture(scope='module')
-def xapi(tmp_path_factory):
-    with stack_fixture.running_xapi(tmp_path_factory.mktemp('xapi')) as proc:
-        yield proc
-
-
-@pytest.fixture(scope='module')
 def stack(tmp_path_factory, xapi):
     backends = {BACKEND: stack_fixture.xenapinfs_backend(xapi.url, 'stream')}
     with stack_fixture.running_stack(tmp_path_factory, backends) as s:

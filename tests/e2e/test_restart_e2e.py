@@ -119,11 +119,7 @@ def _cinder(stack, *args):
     return _run(stack, stack.cinder_cli_args(), *args)
 
 
-def _field(output, name):
-    match = re.search(r'^\|\s*%s\s*\|\s*(.*?)\s*\|$' % re.escape(name),
-                      output, re.M)
-    assert match, 'no %s in:\n%s' % (name, output)
-    return match.group(1)
+_field = stack_fixture.cli_field
 
 
 def _wait(what, check, timeout=90):
