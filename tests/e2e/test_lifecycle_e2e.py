@@ -21,6 +21,7 @@ import pytest
 
 from tests import stack_fixture
 from tests import xapi_fixture
+from xenapinfs_driver import exception
 from xenapinfs_driver import vhd
 from xenapinfs_driver.xenapi import transfer
 
@@ -68,7 +69,23 @@ def _wait(stack, path, key, status, timeout=120):
 
 
 def _depth(xs, vdi):
-    """The number of VHD files under the VDI, by the host's records."""
+    """The number of VHD files under the VDI, by the host's records.
+
+    The collector runs meanwhile: a parent it coalesced away between two
+    reads makes the walk start again, as any client of a host must.
+    """
+    for _attempt in range(20):
+        try:
+            return _walk(xs, vdi)
+        except exception.XenAPIError as exc:
+            if 'UUID_INVALID' not in str(exc) and \
+                    'HANDLE_INVALID' not in str(exc):
+                raise
+            time.sleep(0.2)
+    raise AssertionError('the chain of %s kept changing' % vdi)
+
+
+def _walk(xs, vdi):
     depth = 1
     while True:
         parent = xs.call('VDI.get_sm_config', vdi).get('vhd-parent')
