@@ -335,9 +335,33 @@ def grow_vdi(session: XenAPISession, ref: str, size: int) -> None:
         session.call('VDI.resize', ref, str(round_size(size)))
 
 
+# A walk that found a parent gone (the host's garbage collector coalesced
+# it meanwhile) starts again from the leaf, this many times at most.
+CHAIN_WALKS = 5
+
+
 def vdi_chain(session: XenAPISession, ref: str,
               max_depth: int = 64) -> list[str]:
-    """The uuids of ``ref``'s VHD chain, leaf first, base last."""
+    """The uuids of ``ref``'s VHD chain, leaf first, base last.
+
+    The storage manager coalesces chains in the background: a parent
+    named by ``vhd-parent`` may be gone by the time it is looked up, and
+    the leaf's record then names its new parent. The walk starts again.
+    """
+    for _attempt in range(CHAIN_WALKS):
+        try:
+            return _walk_chain(session, ref, max_depth)
+        except _ParentGone:
+            LOG.debug('VDI %s: the chain changed during the walk; again.',
+                      ref)
+    return _walk_chain(session, ref, max_depth)
+
+
+class _ParentGone(Exception):
+    """A parent of the chain vanished between two reads."""
+
+
+def _walk_chain(session, ref, max_depth):
     chain = []
     rec = session.call('VDI.get_record', ref)
     while True:
@@ -350,8 +374,13 @@ def vdi_chain(session: XenAPISession, ref: str,
                 reason=_('VDI %(vdi)s: vhd-parent chain loops or is deeper '
                          'than %(depth)d') % {'vdi': chain[0],
                                               'depth': max_depth})
-        rec = session.call('VDI.get_record',
-                           session.call('VDI.get_by_uuid', parent))
+        try:
+            rec = session.call('VDI.get_record',
+                               session.call('VDI.get_by_uuid', parent))
+        except exception.XenAPIError as exc:
+            if exc.error not in ('UUID_INVALID', 'HANDLE_INVALID'):
+                raise
+            raise _ParentGone() from exc
 
 
 def _lookalikes(session, sr, name, marks, skip=()):

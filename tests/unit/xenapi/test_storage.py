@@ -188,3 +188,36 @@ def test_capacity_figures(session):
                                        (2 * MiB + 1, 4 * MiB)])
 def test_round_size(size, want):
     assert storage.round_size(size) == want
+
+
+class _GcBetweenReads:
+    """A session whose first parent lookup comes after a GC pass, as on a
+    host whose storage manager coalesces in the background."""
+
+    def __init__(self, session, control, sr):
+        self.session, self.control, self.sr = session, control, sr
+        self.ran = False
+
+    def call(self, method, *args, **kwargs):
+        if method == 'VDI.get_by_uuid' and not self.ran:
+            self.ran = True
+            assert self.control.gc_run(self.sr), 'GC not done'
+        return self.session.call(method, *args, **kwargs)
+
+
+def test_chain_walk_survives_a_coalesce_between_reads(xapi_server, session):
+    sr, _ = _sr(session)
+    ref, vol = storage.create_vdi(session, sr, 4 * MiB, 'vol')
+    _write(session, ref, os.urandom(MiB))
+    snap1, s1 = storage.snapshot_vdi(session, ref, 's1')
+    _write(session, ref, os.urandom(MiB))
+    storage.snapshot_vdi(session, ref, 's2')
+    before = storage.vdi_chain(session, ref)
+    assert len(before) == 3
+    # The middle base copy is now the only child of the bottom one: the
+    # collector folds it away while the walk holds its uuid.
+    storage.destroy_vdi(session, s1)
+    gc = _GcBetweenReads(session, xapi_fixture.Control(xapi_server), sr)
+    chain = storage.vdi_chain(gc, ref)
+    assert gc.ran
+    assert chain == [vol, before[2]]
