@@ -3,6 +3,7 @@
 import io
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -67,6 +68,13 @@ def test_short_source_fails_and_leaves_the_vdi(session, vdi):
     transfer.import_vdi(session, vdi, io.BytesIO(disk), len(disk), 'raw')
     with pytest.raises(exception.XenAPINFSException):
         transfer.import_vdi(session, vdi, io.BytesIO(b'x' * 100), MiB, 'raw')
+    # The session's recording sleep does not sleep, so the import's wait
+    # for its task to settle gives up at once; a loaded host may not have
+    # seen the hang-up yet. Wait as the real sleep would have.
+    deadline = time.monotonic() + 10
+    while session.call('VDI.get_current_operations', vdi) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _raw(session, vdi) == disk
 
 
