@@ -23,6 +23,7 @@ import os
 import random
 import tarfile
 import tempfile
+import time
 
 import fixtures
 
@@ -93,9 +94,15 @@ class VolumeLifecycleTest(harness.DriverFunctionalTest):
         self.osapi_version = '3.0'
         vol = self.wait(self.api.get_volume, vol['id'], ('reverting',))
         self.assertEqual('available', vol['status'])
-        self.assertEqual({name, 'snapshot-%s' % snap['id'],
-                          'volume-%s' % big['id'],
-                          'volume-%s' % clone['id']}, set(self.vdis()))
+        # cinder 29 sets the volume available before it deletes the
+        # snapshot it took around the revert: wait for that delete (a
+        # bounded wait; the assertion below is unchanged).
+        expected = {name, 'snapshot-%s' % snap['id'],
+                    'volume-%s' % big['id'], 'volume-%s' % clone['id']}
+        deadline = time.monotonic() + 30
+        while set(self.vdis()) != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(expected, set(self.vdis()))
         ref, rec = self.vdi(name)
         self.assertEqual(vol['id'], rec['other_config'][driver.VOLUME_KEY])
         self.assert_disk(self.read_disk(ref, tmp + '/reverted'), before,
