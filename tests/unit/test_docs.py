@@ -52,6 +52,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -470,6 +471,16 @@ class _PortInUse(Exception):
     pass
 
 
+def _exited(proc):
+    """Whether a server that printed nothing has ended (its stdout closes
+    a moment before the kernel reports the exit)."""
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 class _Server:
     """A long-running command, running until its block ends."""
 
@@ -503,8 +514,35 @@ class _Server:
         return self.proc.returncode, err
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _own_ports(commands):
+    """The block's commands with each address a server listens on moved
+    to a free port, wherever the block names it: blocks run side by side
+    and pages show the same well-known port, which the machine may use."""
+    moved = {}
+    for c in commands:
+        if c.program == 'xenapinfs-xapi-server':
+            m = re.search(r'--listen[ =](127\.0\.0\.1):(\d+)', c.line)
+            address = m and '%s:%s' % m.groups()
+            if address and address not in moved:
+                moved[address] = '127.0.0.1:%d' % _free_port()
+
+    def move(line):
+        for old, new in moved.items():
+            line = re.sub(re.escape(old) + r'(?!\d)', new, line)
+        return line
+    return [Command(move(c.line), [move(e) for e in c.expected])
+            for c in commands]
+
+
 def run_block(text, commands, workdir, compare=True):
     """Run a block's commands in order; return a list of failures."""
+    commands = _own_ports(commands)
     failures = []
     cwd = workdir
     env = _env()
@@ -520,7 +558,7 @@ def run_block(text, commands, workdir, compare=True):
                     '--help' not in c.line:
                 server = _Server(c, cwd, env)
                 servers.append(server)
-                if server.proc.poll() is not None and \
+                if not server.first and _exited(server.proc) and \
                         'Address already in use' in server.proc.stderr.read():
                     raise _PortInUse(c.line)
                 if compare and c.expected and \
