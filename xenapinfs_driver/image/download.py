@@ -185,7 +185,7 @@ class Downloader:
                 leaf_uuid = self.glance_plugin.download_vhd(
                     image_id, meta.endpoint(context), self.sr_path, stack,
                     meta.identity_headers(context),
-                    on_retryable=check and check.after_failure)
+                    on_failure=check and check.after_failure)
         except Exception:
             # NOTE: dom0 may have moved VHDs into the SR before it failed,
             # or before its answer was lost: they carry our fresh uuids.

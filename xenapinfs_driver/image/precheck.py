@@ -21,9 +21,11 @@ larger than the volume would be written whole before its size is known.
   of the image from glance (at most :data:`HEAD_LIMIT`) must inflate to a
   tar archive whose first VHD starts with a valid footer copy, whose
   virtual size fits the volume. The rest of the stream is not read.
-* :meth:`Checker.after_failure`, when dom0 answered ``RetryableError``:
-  the whole image is read once through the VHD library; if it is broken
-  the failure is the image's and is not retried, else it was transient.
+* :meth:`Checker.after_failure`, when dom0's plugin raised (its
+  ``RetryableError``, or the bare exceptions os-xenapi's plugin raises
+  when ``vhd-util`` refuses a layer): the whole image is read once
+  through the VHD library; if it is broken the failure is the image's
+  and is neither retried nor rescheduled, else it was dom0's.
 
 Either refusal is :class:`.exception.ImageRefused` or
 :class:`.exception.ImageLargerThanVolume`, both ``ImageUnacceptable``,

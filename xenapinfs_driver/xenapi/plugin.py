@@ -146,6 +146,14 @@ def _retryable(exc):
             exc.params[1] == 'RetryableError')
 
 
+def _plugin_failed(exc):
+    # The plugin ran and raised: its class name and message are the
+    # plugin's own (os-xenapi's raises bare Exception, IndexError or
+    # SubprocessException for a broken VHD, not RetryableError).
+    return (isinstance(exc, exception.XenAPIError) and
+            exc.error == 'XENAPI_PLUGIN_FAILURE' and len(exc.params) > 1)
+
+
 def _image_not_found(exc):
     return (isinstance(exc, exception.XenAPIError) and
             exc.error == 'XENAPI_PLUGIN_FAILURE' and len(exc.params) > 2 and
@@ -170,7 +178,7 @@ class GlancePlugin:
         self.timeout = timeout
         self._sleep = sleep
 
-    def _call(self, fn, for_image, secrets, on_retryable=None, **kwargs):
+    def _call(self, fn, for_image, secrets, on_failure=None, **kwargs):
         delay = self.interval
         for attempt in range(self.retries + 1):
             try:
@@ -179,8 +187,8 @@ class GlancePlugin:
             except exception.XenAPINFSException as exc:
                 if _image_not_found(exc):
                     raise cinder_exception.ImageNotFound(image_id=for_image)
-                if _retryable(exc) and on_retryable is not None:
-                    on_retryable(exc)   # raises when retrying cannot help
+                if _plugin_failed(exc) and on_failure is not None:
+                    on_failure(exc)   # raises when the image is at fault
                 if not _retryable(exc) or attempt == self.retries:
                     if _retryable(exc):
                         raise exception.PluginRetriesExceeded(
@@ -198,18 +206,19 @@ class GlancePlugin:
     def download_vhd(self, image_id: str, endpoint: str, sr_path: str,
                      uuid_stack: Iterable[str],
                      extra_headers: Mapping[str, str],
-                     on_retryable: Callable[[Exception], object] | None = None
+                     on_failure: Callable[[Exception], object] | None = None
                      ) -> str:
         """Fetch a XenServer image into the SR; return the leaf's uuid.
 
         ``uuid_stack`` gives one uuid per VHD of the chain; dom0 pops them
         from the end, the leaf (``0.vhd``) first. The new files become
-        VDIs only after ``SR.scan``. ``on_retryable(exc)`` is called
-        after each ``RetryableError``, and raises to stop the retries.
+        VDIs only after ``SR.scan``. ``on_failure(exc)`` is called
+        after each failure the plugin itself raised (retryable or not),
+        and raises to put the blame on the image.
         """
         result = self._call('download_vhd2', image_id,
                             list(extra_headers.values()),
-                            on_retryable=on_retryable,
+                            on_failure=on_failure,
                             image_id=image_id, endpoint=endpoint,
                             uuid_stack=list(uuid_stack), sr_path=sr_path,
                             extra_headers=dict(extra_headers), api_version=2)

@@ -534,6 +534,32 @@ class PluginDownloadTestCase(GlanceCaller, test_driver.DriverTestBase):
         self.assertEqual(1, self.downloads())
         self.assertIn('ends early', str(err.exception))
 
+    def test_image_dom0_finds_broken_is_refused_not_rescheduled(self):
+        # The head is sound (first footer copy, size); the base layer's
+        # header is not, which only a whole read finds: dom0's check
+        # fails with an error that is not RetryableError.
+        files, _disk, _specs = vhd_factory.standard_chain(seed=15)
+        base = bytearray(files[-1])
+        base[512 + 36] ^= 0xFF      # the dynamic header's checksum
+        files[-1] = bytes(base)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, 'image.tgz')
+            vhd_factory.xenserver_tgz(path, files)
+            with open(path, 'rb') as f:
+                image = self.images.show(self.context,
+                                         self.add_image(f.read()))
+        self.driver.downloader.glance_plugin.retries = 3
+        vol = self.volume()
+        self.control.clear_calls()
+        with self.nothing_leaked():
+            with self.assertRaises(exception.ImageRefused) as err:
+                self.driver.clone_image(self.context, vol, None, image,
+                                        self.images)
+        self.assertEqual(1, self.downloads())
+        self.assertIn('checksum', str(err.exception))
+        self.assertEqual(['029'],
+                         [m['detail_id'] for m in self.messages(vol)])
+
     def test_transient_failure_of_a_good_image_is_retried(self):
         image, disk, _layers = self.add_xenserver_image(14)
         self.driver.downloader.glance_plugin.retries = 1
