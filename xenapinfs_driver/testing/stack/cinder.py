@@ -34,7 +34,11 @@ processes with the same backend sections, each with its own ``host``
 file-based tooz coordination; their logs are ``cinder-volume-1.log`` ..
 ``cinder-volume-N.log``. ``kill_volume(i)`` SIGKILLs one (a crash: no
 cleanup of any kind) and ``restart_volume(i)`` starts it again on the same
-host, where cinder's start-up cleanup finds what it left.
+host, where cinder's start-up cleanup finds what it left. With
+``private_locks`` each volume service locks in directories of its own
+instead, as file locks on separate machines would: the locks then exclude
+nothing across services, which is what a test of the shared locks
+compares against.
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ class Cinder(process.Service):
     :param coordination: ``[coordination] backend_url`` of every service
         (a lock service such as etcd); file locks in the work directory
         when none.
+    :param private_locks: give each volume service its own file lock
+        directories (``coordination-<n>``, ``locks-<n>``) in place of the
+        shared ones: no lock is shared across services.
     """
 
     def __init__(self, workdir: str, log_dir: str, backends: dict, *,
@@ -106,11 +113,15 @@ class Cinder(process.Service):
                  image_volume_cache: bool = False, debug: bool = False,
                  volume_services: int = 1, cluster: str | None = None,
                  extra: dict | None = None, env: dict | None = None,
-                 coordination: str | None = None):
+                 coordination: str | None = None,
+                 private_locks: bool = False):
         if not backends:
             raise ValueError('cinder needs at least one backend')
         if volume_services < 1:
             raise ValueError('cinder needs at least one volume service')
+        if private_locks and coordination:
+            raise ValueError('private_locks are file locks: no '
+                             'coordination backend goes with them')
         self.workdir = os.path.join(os.path.abspath(workdir), 'cinder')
         self.log_dir = log_dir
         self.backends = {name: dict(opts) for name, opts in backends.items()}
@@ -124,6 +135,7 @@ class Cinder(process.Service):
         self.extra_env = env or {}
         self.coordination = coordination or 'file://%s/coordination' % \
             self.workdir
+        self.private_locks = private_locks
         self.host = 'xenapinfs-stack'
         self.volume_services = volume_services
         self.cluster = cluster or (CLUSTER if volume_services > 1 else None)
@@ -172,15 +184,29 @@ class Cinder(process.Service):
     def _volume_conf(self, index: int) -> str | None:
         """A second config file for a volume service: its host and
         cluster (none when there is one service and no cluster)."""
-        if self.volume_services == 1 and not self.cluster:
+        if self.volume_services == 1 and not self.cluster and \
+                not self.private_locks:
             return None
         path = os.path.join(self.workdir, 'volume-%d.conf' % (index + 1))
         options = {'host': self.volume_host(index)}
         if self.cluster:
             options['cluster'] = self.cluster
+        text = _section('DEFAULT', options)
+        if self.private_locks:
+            # The later config file wins: these replace the shared ones.
+            coordination, locks = self._private_lock_dirs(index)
+            text += _section('coordination', {
+                'backend_url': 'file://%s' % coordination})
+            text += _section('oslo_concurrency', {'lock_path': locks})
         with open(path, 'w') as f:
-            f.write(_section('DEFAULT', options))
+            f.write(text)
         return path
+
+    def _private_lock_dirs(self, index: int) -> tuple[str, str]:
+        """The tooz and oslo.concurrency lock directories of volume
+        service index when its locks are private."""
+        return tuple(os.path.join(self.workdir, '%s-%d' % (kind, index + 1))
+                     for kind in ('coordination', 'locks'))
 
     def ports(self) -> list:
         return [self.port] if self.port else []
@@ -235,6 +261,10 @@ class Cinder(process.Service):
         """Configure, sync the database and start the services."""
         for sub in ('conversion', 'locks', 'coordination'):
             os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
+        if self.private_locks:
+            for index in range(self.volume_services):
+                for path in self._private_lock_dirs(index):
+                    os.makedirs(path, exist_ok=True)
         self.port = process.free_port()
         # A backend section may hold a password: readable by us only.
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
