@@ -17,6 +17,7 @@ unnoticed by XenAPI.Session (two are needed to see the error) and a single
 ``drop_after`` makes the call happen twice.
 """
 
+import concurrent.futures
 import http.client
 import time
 
@@ -81,6 +82,27 @@ def test_delay(session, control):
     start = time.monotonic()
     assert session.xenapi.pool.get_all()
     assert time.monotonic() - start >= 0.3
+
+
+def test_a_delayed_call_holds_no_lock(xapi_server, session, control, sr):
+    """While a call is held, the server serves others, on the same VDI
+    too; the held call then meets what they did (what a test of clients'
+    locks relies on: the server must not order them itself)."""
+    vdi = xapi_fixture.create_vdi(session, sr, MiB)
+    control.add_fault('VDI.clone', 'delay', seconds=2)
+    other = xapi_fixture.login(xapi_server)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            clone = pool.submit(session.xenapi.VDI.clone, vdi, {})
+            while not control.faults()[0]['fired']:
+                time.sleep(0.05)
+            other.xenapi.VDI.destroy(vdi)
+            with pytest.raises(XenAPI.Failure) as exc:
+                clone.result()
+    finally:
+        other.xenapi.session.logout()
+    assert details(exc) == ['HANDLE_INVALID', 'VDI', vdi]
+    assert session.xenapi.SR.get_VDIs(sr) == []     # no clone was made
 
 
 def test_in_process_api(xapi_server, session):
