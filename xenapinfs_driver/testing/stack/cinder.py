@@ -182,8 +182,9 @@ class Cinder(process.Service):
         raise ValueError('%r is no volume service of this stack' % host)
 
     def _volume_conf(self, index: int) -> str | None:
-        """A second config file for a volume service: its host and
-        cluster (none when there is one service and no cluster)."""
+        """A second config file for a volume service: its host, cluster
+        and private locks (none when there is one service, no cluster and
+        no private locks)."""
         if self.volume_services == 1 and not self.cluster and \
                 not self.private_locks:
             return None
