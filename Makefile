@@ -35,13 +35,16 @@ unit: system-deps venv
 e2e: system-deps venv
 	$(BIN)/python -m pytest tests/e2e
 
-# The end-to-end image tests run a second time with os-xenapi's own dom0
-# glance plugin answering the plugin path instead of our stand-in.
+# The end-to-end image tests and the plugin path's fault matrix run a
+# second time with os-xenapi's own dom0 glance plugin answering instead of
+# our stand-in.
 test: system-deps venv lint
 	$(BIN)/python -m pytest --tier=plain tests
 	$(BIN)/python -m pytest --tier=green tests
 	$(BIN)/python -m pytest --tier=plain --dom0-plugins=os-xenapi \
 		tests/e2e/test_driver_e2e.py
+	$(BIN)/python -m pytest --tier=green --dom0-plugins=os-xenapi \
+		tests/unit/test_faults.py -k PluginImageFaults
 
 demo: system-deps venv
 	$(BIN)/python tools/demo.py $(ARGS)
