@@ -77,12 +77,18 @@ class ParallelGzip:
     compressing, so on two cores reading and compressing overlap and two
     pieces compress at once. At most workers + 1 pieces are in flight,
     which bounds memory to a few blocks.
+
+    ``offload(fn, *args)``, if given, runs each compression: a program
+    whose threads are green (eventlet) passes one that runs it in a real
+    thread, or the pieces would take turns on one core.
     """
 
-    def __init__(self, write, module, level: int, workers: int | None):
+    def __init__(self, write, module, level: int, workers: int | None,
+                 offload=None):
         self._write = write
         self._module = module
         self._level = level
+        self._offload = offload
         if workers is None:
             workers = min(MAX_WORKERS, os.cpu_count() or 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -122,8 +128,11 @@ class ParallelGzip:
     def _submit(self, data, final: bool) -> None:
         self._crc = self._module.crc32(data, self._crc)
         self._pos += len(data)
-        self._pending.append(self._pool.submit(
-            _deflate, self._module, self._level, self._history, data, final))
+        args = (_deflate, self._module, self._level, self._history, data,
+                final)
+        if self._offload is not None:
+            args = (self._offload,) + args
+        self._pending.append(self._pool.submit(*args))
         if len(data) >= WINDOW:
             self._history = bytes(data[-WINDOW:])
         else:
