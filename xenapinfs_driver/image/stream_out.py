@@ -15,9 +15,14 @@
 
 * a bare VHD image is that stream, passed on to glance as it arrives:
   nothing local at all;
-* a XenServer image: the one-pass reader writes the export into a sparse
-  raw file in ``image_conversion_dir`` (the one copy), which is packed
-  and gzip-compressed straight into glance's upload (no tgz file);
+* a XenServer image: the export's head (footer copy, dynamic header,
+  BAT) gives the length of the VHD, so the tar header of ``0.vhd`` goes
+  first and the VHD passes through into the gzip compressor as it
+  arrives, checked on the way against its head (``vhd.passthrough``):
+  nothing local. Should the host lay its export out otherwise, the
+  one-pass reader writes it into a sparse raw file in
+  ``image_conversion_dir`` (the one copy), which is packed and
+  compressed straight into glance's upload;
 * other formats: the same raw file, which cinder's ``upload_volume``
   converts with qemu-img (its own output is a second file, for the time
   of the upload).
@@ -31,6 +36,7 @@ from oslo_log import log as logging
 from xenapinfs_driver.image import pipe
 from xenapinfs_driver.image import stream_in
 from xenapinfs_driver import vhd
+from xenapinfs_driver.vhd import passthrough
 from xenapinfs_driver.vhd import vhdstream
 from xenapinfs_driver.xenapi import transfer
 
@@ -50,14 +56,18 @@ def exported_raw(session, ref, prefix, image_id):
     :raises ImageTooBig: the directory is full (named, with the space the
         disk's data needs).
     """
+    with transfer.export_vdi(session, ref, 'vhd') as (stream, length):
+        with _raw_of(stream, length, prefix, image_id) as raw:
+            yield raw
+
+
+@contextlib.contextmanager
+def _raw_of(stream, length, prefix, image_id):
     with image_utils.temporary_file(prefix=prefix + 'raw_') as raw:
-        length = None
         try:
-            with transfer.export_vdi(session, ref, 'vhd') as exported:
-                stream, length = exported
-                # in_place: the temporary file itself is written, so no
-                # second name is left should the service be killed.
-                vhd.convert(stream, raw, in_place=True)
+            # in_place: the temporary file itself is written, so no
+            # second name is left should the service be killed.
+            vhd.convert(stream, raw, in_place=True)
         except vhd.VhdError as exc:
             if stream_in.is_enospc(exc):
                 raise stream_in.no_space(image_id, stream_in.scratch_dir(),
@@ -66,12 +76,71 @@ def exported_raw(session, ref, prefix, image_id):
         yield raw
 
 
+def send_export_tgz(session, ref, vdi_uuid, send, level, prefix, image_id):
+    """``send(fileobj)`` the VDI as a XenServer image made from its export
+    as it arrives; through a raw file if the export's layout asks it.
+
+    :raises VhdError: the export is not what its head promised (named
+        after the VDI, with the field); raised into the upload before
+        its end, so that glance never completes the image.
+    """
+    source = 'export of VDI %s' % vdi_uuid
+    with transfer.export_vdi(session, ref, 'vhd') as (stream, length):
+        try:
+            plan = passthrough.plan(stream, source, length)
+        except passthrough.NotStreamable as exc:
+            LOG.info('%(src)s cannot be passed through (%(why)s): '
+                     'packing it from a raw file.',
+                     {'src': source, 'why': exc})
+            whole = _Prefixed(exc.head, stream)
+            with _raw_of(whole, length, prefix, image_id) as raw:
+                send_tgz(raw, send, level)
+            return
+        _send_made(lambda write: passthrough.write_tgz(
+            plan, stream, write, level=level, offload=offload()), send)
+
+
+class _Prefixed:
+    """What was read of a stream already, then the rest of it."""
+
+    name = '<export>'
+
+    def __init__(self, head, rest):
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def read(self, n=-1):
+        if not self._head:
+            return self._rest.read(n)
+        n = len(self._head) if n is None or n < 0 else n
+        data, self._head = self._head[:n], self._head[n:]
+        return bytes(data)
+
+
+def offload():
+    """How compression gets a core of its own: cinder's threads are
+    eventlet's green threads, which take turns on one core; eventlet's
+    tpool runs a call in a real thread. None where nothing is patched."""
+    try:
+        from eventlet import patcher
+        from eventlet import tpool
+    except ImportError:
+        return None
+    return tpool.execute if patcher.is_monkey_patched('thread') else None
+
+
 def send_tgz(raw, send, level):
     """``send(fileobj)`` the raw disk as a XenServer image, compressed on
     the fly (``level``: gzip level; isal for 1 to 3)."""
+    _send_made(lambda write: vhdstream.write_tgz(
+        raw, write, level=level, offload=offload()), send)
+
+
+def _send_made(make, send):
+    """``send(fileobj)`` what ``make(write)`` writes, as it is written;
+    the writer's failure is the one raised."""
     result = []
-    data = pipe.Pipe(lambda write: result.append(
-        vhdstream.write_tgz(raw, write, level=level)))
+    data = pipe.Pipe(lambda write: result.append(make(write)))
     try:
         send(data)
     except BaseException:

@@ -26,9 +26,9 @@ disk; the snapshot is destroyed afterwards, whatever happens.
 The stream path always exports ``vhd``: only the allocated blocks cross
 the network, where a ``raw`` export would send every zero of the volume.
 It keeps at most one local copy (``stream_out``): a bare VHD goes from the
-export to glance as it comes; otherwise our VHD library writes one sparse
-raw file, which a XenServer image is packed from straight into glance's
-upload.
+export to glance as it comes, and a XenServer image is the export packed
+into a tgz as it comes (a raw file only if the host's layout needs it);
+other formats go through one sparse raw file, which cinder converts.
 """
 
 from cinder.image import image_utils
@@ -111,13 +111,14 @@ class Uploader:
         if what == meta.BARE_VHD:
             stream_out.send_export(self.session, snap, send)
             return
+        if what == meta.XENSERVER:
+            stream_out.send_export_tgz(self.session, snap, snap_uuid, send,
+                                       self.level, self.tmp_prefix, image_id)
+            return
         with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
                                      image_id) as raw:
-            if what in (meta.OTHER, meta.RAW):
-                image_utils.upload_volume(context, image_service,
-                                          image_meta, raw, run_as_root=False)
-            else:
-                stream_out.send_tgz(raw, send, self.level)
+            image_utils.upload_volume(context, image_service, image_meta,
+                                      raw, run_as_root=False)
 
 
 def _plugin_properties(image_meta):

@@ -121,7 +121,8 @@ def pack(src: str, dst: str, *, vhd_only: bool = False,
     return result
 
 
-def pack_into(disk, out, compressor, workers, progress) -> Result:
+def pack_into(disk, out, compressor, workers, progress,
+              offload=None) -> Result:
     """Pack the open Disk into out (write, tell, path, written); a
     compressor from deflate.pick_compressor makes it a tgz."""
     read = Counter(progress)
@@ -134,7 +135,8 @@ def pack_into(disk, out, compressor, workers, progress) -> Result:
         sink = out
     else:
         _, module, level = compressor
-        sink = deflate.ParallelGzip(out.write, module, level, workers)
+        sink = deflate.ParallelGzip(out.write, module, level, workers,
+                                    offload)
     try:
         if compressor is not None:
             sink.write(tar_header(vhd_size))

@@ -99,11 +99,12 @@ class PackedVhd:
 
 def write_tgz(path: str, write, *, level: int | None = None,
               zlib_name: str | None = None, workers: int | None = None,
-              max_size: int = pack.MAX_SIZE, progress=None) -> pack.Result:
+              max_size: int = pack.MAX_SIZE, progress=None,
+              offload=None) -> pack.Result:
     """Write the raw disk at ``path`` as a XenServer image into ``write``.
 
-    The arguments are ``pack.pack``'s; ``bytes_written`` of the result
-    counts the compressed bytes.
+    The arguments are ``pack.pack``'s, and ``offload`` ParallelGzip's;
+    ``bytes_written`` of the result counts the compressed bytes.
     """
     level = pack.DEFAULT_LEVEL if level is None else level
     if not 1 <= level <= 9:
@@ -112,6 +113,6 @@ def write_tgz(path: str, write, *, level: int | None = None,
     disk = _open(path, max_size)
     try:
         return pack.pack_into(disk, _Sink(write), compressor, workers,
-                              progress)
+                              progress, offload)
     finally:
         disk.close()

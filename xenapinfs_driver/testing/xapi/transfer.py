@@ -193,6 +193,8 @@ class _Out:
     def __init__(self, handler, limit: int | None = None):
         self.wfile = handler.wfile
         self.sock = handler.connection
+        # TLS encrypts in Python's ssl module: no sendfile there.
+        self.sendfile = not isinstance(self.sock, ssl.SSLSocket)
         self.buf = bytearray()
         self.sent = 0
         self.limit = limit
@@ -233,15 +235,20 @@ class _Out:
 
     def _send_extent(self, ext) -> None:
         room = self._room(ext.length)
-        if isinstance(self.sock, ssl.SSLSocket):
-            # TLS encrypts in Python's ssl module: no sendfile.
-            self._send(ext.read()[:room])
-        elif room:
-            with os.fdopen(os.dup(ext.fd), 'rb', buffering=0) as f:
-                self.sock.sendfile(f, ext.offset, room)
-            self.sent += room
-        if room < ext.length:
-            raise _Cut()
+        if room and self.sendfile:
+            try:
+                with os.fdopen(os.dup(ext.fd), 'rb', buffering=0) as f:
+                    self.sock.sendfile(f, ext.offset, room)
+            except ValueError:
+                # A non-blocking socket (eventlet's, when the server runs
+                # in a patched process): refused before anything went.
+                self.sendfile = False
+            else:
+                self.sent += room
+                if room < ext.length:
+                    raise _Cut()
+                return
+        self._send(ext.read())
 
 
 class _Cut(Exception):
