@@ -109,13 +109,15 @@ xenapi_opts = [
     cfg.IntOpt('xenapi_image_compression_level',
                default=1, min=1, max=9,
                help='gzip level of XenServer (ovf/vhd) images uploaded '
-                    'by the stream path. What each costs, per core, on '
+                    'by the stream path, which compresses on every core '
+                    '(up to 8). What each costs, per core, on '
                     'incompressible data (most of a used disk): 1 (isal, '
                     'where installed) about 15 times zlib\'s speed, '
                     'hundreds of MiB/s; 2 and 3 (isal) several times '
                     'slower than 1; 4 to 9 (zlib-ng or zlib) 20 to 30 '
-                    'MiB/s. Higher levels make images smaller only where '
-                    'the data compresses (text, zeros written out).'),
+                    'MiB/s, which then bounds the upload\'s speed. Higher '
+                    'levels make images smaller only where the data '
+                    'compresses (text, zeros written out).'),
     cfg.IntOpt('xenapi_orphan_grace_period',
                default=600, min=0,
                help='Seconds a temporary VDI (an upload\'s snapshot, a '

@@ -30,7 +30,9 @@ WINDOW = 32 << 10
 # Small writes (tar header, VHD metadata, padding) are gathered into
 # pieces of this size; block data goes to the compressor as it is read.
 PIECE = 1 << 20
-MAX_WORKERS = 2
+# Compression threads: one per core, up to this many; each holds a piece
+# in flight, so memory stays a few MiB per thread.
+MAX_WORKERS = 8
 # gzip header: deflate, no name, no time stamp (a stream has none), OS
 # Unix, as gzip(1) writes it for standard input.
 _GZIP_HEADER = b'\x1f\x8b\x08\x00\x00\x00\x00\x00%c\x03'
@@ -74,8 +76,8 @@ class ParallelGzip:
     Each piece is raw deflate with the 32 KiB before it as dictionary and
     a sync flush at its end, so the pieces joined in order are one deflate
     stream, as pigz makes it. zlib, isal and zlib-ng release the GIL while
-    compressing, so on two cores reading and compressing overlap and two
-    pieces compress at once. At most workers + 1 pieces are in flight,
+    compressing, so reading and compressing overlap and as many pieces
+    compress at once as there are workers. At most workers + 1 pieces are in flight,
     which bounds memory to a few blocks.
 
     ``offload(fn, *args)``, if given, runs each compression: a program
