@@ -77,8 +77,8 @@ class ParallelGzip:
     a sync flush at its end, so the pieces joined in order are one deflate
     stream, as pigz makes it. zlib, isal and zlib-ng release the GIL while
     compressing, so reading and compressing overlap and as many pieces
-    compress at once as there are workers. At most workers + 1 pieces are in flight,
-    which bounds memory to a few blocks.
+    compress at once as there are workers. At most workers + 1 pieces are
+    in flight, which bounds memory to a few blocks.
 
     ``offload(fn, *args)``, if given, runs each compression: a program
     whose threads are green (eventlet) passes one that runs it in a real
