@@ -65,8 +65,8 @@ class Plan:
     head: bytes                  # footer copy to the BAT's end, as read
     length: int
     virtual_size: int
-    offsets: list                # allocated blocks' byte offsets, sorted
-    indexes: list                # their BAT indexes, in the same order
+    offsets: array.array         # allocated blocks' byte offsets, rising
+    indexes: array.array         # their BAT indexes
     span: int                    # bitmap plus data of one block
 
 
@@ -128,14 +128,12 @@ def plan(src, source: str, length: int | None = None,
     if sys.byteorder == 'little':
         bat.byteswap()
     span = fmt.bitmap_size(hdr.block_size) + hdr.block_size
-    pairs = sorted((e * fmt.SECTOR, i) for i, e in enumerate(bat)
-                   if e != fmt.BAT_UNUSED)
-    offsets = [o for o, _ in pairs]
-    indexes = [i for _, i in pairs]
     try:
-        _check_blocks(offsets, indexes, span, len(head), length)
+        offsets, indexes = _blocks(bat, span, len(head), length)
     except errors.VhdError as exc:
         raise exc.located(source)
+    if offsets is None:
+        elsewise('the blocks are not in the order of the BAT')
     if offsets:
         want = offsets[-1] + span + fmt.FOOTER_SIZE
         if length is not None and length != want:
@@ -153,21 +151,33 @@ def plan(src, source: str, length: int | None = None,
                 indexes, span)
 
 
-def _check_blocks(offsets, indexes, span, head_end, length):
-    """Blocks must lie past the head, apart, and inside length."""
+def _blocks(bat, span, head_end, length):
+    """(offsets, indexes) of the allocated blocks, each past the head, the
+    one before and inside length; (None, None) if they are not in the
+    BAT's order (the full reader sorts them; here 12 bytes a block is all
+    the memory they take)."""
     end = length - fmt.FOOTER_SIZE if length is not None else None
+    offsets, indexes = array.array('Q'), array.array('I')
     prev = None
-    for off, idx in zip(offsets, indexes):
+    for idx, entry in enumerate(bat):
+        if entry == fmt.BAT_UNUSED:
+            continue
+        off = entry * fmt.SECTOR
         if off < head_end:
             raise errors.InvalidTable(
                 'block %d at offset %d lies in the head (which ends at %d)'
                 % (idx, off, head_end), field='BAT entry %d' % idx)
         if prev is not None and off < prev[0] + span:
+            if off < prev[0]:
+                return None, None
             raise errors.InvalidTable(
                 'block %d at offset %d overlaps block %d' % (
                     idx, off, prev[1]), field='BAT entry %d' % idx)
         validate.check_block_fits(idx, off, span, end)
+        offsets.append(off)
+        indexes.append(idx)
         prev = (off, idx)
+    return offsets, indexes
 
 
 def _where(p: Plan, pos: int) -> str:

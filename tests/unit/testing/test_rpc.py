@@ -350,6 +350,19 @@ def test_tls(tmp_path):
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read() == bytes(2 << 20)
         conn.close()
+        # Data goes back over TLS too (no sendfile there).
+        data = httputil.pattern(2 << 20, seed=3, holes=False)
+        conn = http.client.HTTPSConnection('127.0.0.1', server.url.rsplit(
+            ':', 1)[1], context=ctx)
+        conn.request('PUT', '/import_raw_vdi?' + httputil.query(s, vdi),
+                     data)
+        assert conn.getresponse().status == 200
+        conn.close()
+        conn = http.client.HTTPSConnection('127.0.0.1', server.url.rsplit(
+            ':', 1)[1], context=ctx)
+        conn.request('GET', '/export_raw_vdi?' + httputil.query(s, vdi))
+        assert conn.getresponse().read() == data
+        conn.close()
         # A plain-HTTP client gets nowhere, and the server stays up.
         with pytest.raises((ConnectionError, http.client.HTTPException,
                             xmlrpc.client.ProtocolError, OSError)):

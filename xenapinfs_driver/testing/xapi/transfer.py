@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import time
 import urllib.parse
 
 from xenapinfs_driver.testing.xapi import api
+from xenapinfs_driver.testing.xapi import blocks
 from xenapinfs_driver.testing.xapi import errors
 from xenapinfs_driver.testing.xapi import importer
 from xenapinfs_driver.testing.xapi.importer import HttpFailure
@@ -46,7 +46,6 @@ from xenapinfs_driver.testing.xapi import vhdio
 from xenapinfs_driver.vhd import errors as vhderrors
 
 LOG = logging.getLogger(__name__)
-PIECE = importer.PIECE
 
 
 class _Request:
@@ -182,79 +181,6 @@ def _import(req: _Request, body: importer.Body) -> None:
 
 # -- export ------------------------------------------------------------------
 
-class _Out:
-    """The response body: small writes (VHD metadata) are gathered into
-    big sends, and block data lying whole in a layer's file goes from the
-    file to the socket by sendfile, never through Python.
-
-    limit: a drop_after fault; _Cut is raised once that many bytes went.
-    """
-
-    def __init__(self, handler, limit: int | None = None):
-        self.wfile = handler.wfile
-        self.sock = handler.connection
-        # TLS encrypts in Python's ssl module: no sendfile there.
-        self.sendfile = not isinstance(self.sock, ssl.SSLSocket)
-        self.buf = bytearray()
-        self.sent = 0
-        self.limit = limit
-
-    def write(self, data) -> int:
-        n = len(data)
-        if isinstance(data, vhdio.Extent):
-            self.flush()
-            self._send_extent(data)
-            return n
-        data = vhdio.materialize(data)
-        if n >= PIECE:
-            self.flush()
-            self._send(data)
-        else:
-            self.buf += data
-            if len(self.buf) >= PIECE:
-                self.flush()
-        return n
-
-    def flush(self) -> None:
-        if self.buf:
-            data = bytes(self.buf)
-            self.buf.clear()
-            self._send(data)
-
-    def _room(self, n: int) -> int:
-        if self.limit is None:
-            return n
-        return max(0, min(n, self.limit - self.sent))
-
-    def _send(self, data) -> None:
-        room = self._room(len(data))
-        self.wfile.write(memoryview(data)[:room])
-        self.sent += room
-        if room < len(data):
-            raise _Cut()
-
-    def _send_extent(self, ext) -> None:
-        room = self._room(ext.length)
-        if room and self.sendfile:
-            try:
-                with os.fdopen(os.dup(ext.fd), 'rb', buffering=0) as f:
-                    self.sock.sendfile(f, ext.offset, room)
-            except ValueError:
-                # A non-blocking socket (eventlet's, when the server runs
-                # in a patched process): refused before anything went.
-                self.sendfile = False
-            else:
-                self.sent += room
-                if room < ext.length:
-                    raise _Cut()
-                return
-        self._send(ext.read())
-
-
-class _Cut(Exception):
-    """drop_after: enough was sent."""
-
-
 def export_raw_vdi(handler) -> None:
     req = _Request(handler, 'http:export_raw_vdi')
     handler.close_connection = True
@@ -286,11 +212,11 @@ def export_raw_vdi(handler) -> None:
             handler.send_header('Connection', 'close')
             handler.end_headers()
             headers_sent = True
-            out = _Out(handler, cut)
+            out = blocks.Body(handler, cut)
             try:
                 _send(chain, keys, req.format, out)
                 out.flush()
-            except _Cut:
+            except blocks.Cut:
                 LOG.info('%s: connection dropped after %d bytes (fault)',
                          req.name, cut)
                 # What XAPI's task says when a client goes away mid-way.
@@ -316,7 +242,7 @@ def _send(chain, keys, fmt_name, out) -> None:
     if fmt_name == 'vhd':
         vhdio.write_vhd(chain, out, keys, extents=True)
         return
-    blocks = vhdio.Blocks(chain, keys)
+    parts = blocks.Blocks(chain, keys)
     have = set(keys)
     zeros = bytes(chain.block_size)
     for idx in range(chain.nblocks):
@@ -325,7 +251,7 @@ def _send(chain, keys, fmt_name, out) -> None:
         if idx not in have:
             out.write(memoryview(zeros)[:n])
             continue
-        _, data = blocks[idx]
+        _, data = parts[idx]
         if n < chain.block_size:
-            data = memoryview(vhdio.materialize(data))[:n]
+            data = memoryview(blocks.materialize(data))[:n]
         out.write(data)

@@ -28,6 +28,7 @@ import os
 import re
 import uuid as uuidlib
 
+from xenapinfs_driver.testing.xapi import blocks
 from xenapinfs_driver.vhd import errors as vhderrors
 from xenapinfs_driver.vhd import format as fmt
 from xenapinfs_driver.vhd import image
@@ -116,12 +117,12 @@ class Chain:
         n = min(self.block_size, vhd.size - start)
         return os.pread(vhd.fd, n, start).ljust(self.block_size, b'\0')
 
-    def extent(self, vhd, idx: int) -> Extent:
+    def extent(self, vhd, idx: int) -> blocks.Extent:
         """Block idx (whole) as vhd stores it."""
         if vhd.header is not None:
-            return Extent(vhd.fd, vhd.bat[idx] * SECTOR + vhd.bm_size,
-                          self.block_size)
-        return Extent(vhd.fd, idx * self.block_size, self.block_size)
+            return blocks.Extent(vhd.fd, vhd.bat[idx] * SECTOR +
+                                 vhd.bm_size, self.block_size)
+        return blocks.Extent(vhd.fd, idx * self.block_size, self.block_size)
 
     def mask(self, idx: int) -> int:
         """The sectors of block idx that some layer provides."""
@@ -158,89 +159,6 @@ class Chain:
         return have, out
 
 
-class Extent:
-    """Block data lying as is in one layer's file: ``length`` bytes at
-    ``offset`` of ``fd``, read (or sent by sendfile) only when written."""
-
-    __slots__ = ('fd', 'offset', 'length')
-
-    def __init__(self, fd: int, offset: int, length: int):
-        self.fd, self.offset, self.length = fd, offset, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self) -> bytes:
-        data = os.pread(self.fd, self.length, self.offset)
-        if len(data) != self.length:
-            raise vhderrors.VhdError('%d bytes at offset %d: the file ends '
-                                     'early' % (self.length, self.offset))
-        return data
-
-
-class _Composed:
-    """A block made of several layers: composed only when written."""
-
-    __slots__ = ('chain', 'idx', 'length')
-
-    def __init__(self, chain, idx: int):
-        self.chain, self.idx, self.length = chain, idx, chain.block_size
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self) -> bytes:
-        return bytes(self.chain.compose(self.idx)[1])
-
-
-def materialize(data):
-    """The bytes of data, which may be an Extent or a composed block."""
-    return data.read() if isinstance(data, (Extent, _Composed)) else data
-
-
-class _Bytes:
-    """A file object for write_vhd that takes only bytes (a real file)."""
-
-    def __init__(self, fobj):
-        self.fobj = fobj
-
-    def write(self, data) -> int:
-        return self.fobj.write(materialize(data))
-
-
-class Blocks:
-    """The composed blocks of a chain, as writer.write_dynamic wants them.
-
-    The writer asks for each block twice (its bitmap for the BAT, then its
-    data): the bitmap comes from the layers' masks alone, and the data is
-    a placeholder, read once when written. A block one layer holds whole
-    is that layer's bytes: an Extent, which the export sends from the
-    file without copying it through Python.
-    """
-
-    def __init__(self, chain: Chain, keys: list):
-        self.chain = chain
-        self.keys = keys
-
-    def __iter__(self):
-        return iter(self.keys)
-
-    def __getitem__(self, idx):
-        chain = self.chain
-        full = (1 << chain.spb) - 1
-        have = 0
-        for vhd in chain.files:
-            mask = chain._layer_mask(vhd, idx)
-            if have == 0 and mask == full:
-                return None, chain.extent(vhd, idx)
-            have |= mask
-        if have == full:
-            return None, _Composed(chain, idx)
-        pad = -chain.spb % 8
-        bitmap = (have << pad).to_bytes((chain.spb + pad) // 8, 'big')
-        return bitmap, _Composed(chain, idx)
-
-
 def vhd_length(chain: Chain, keys: list) -> int:
     """The size of what write_vhd writes."""
     lay = writer.Layout(chain.size, keys, chain.block_size, None, True, [],
@@ -253,11 +171,12 @@ def write_vhd(chain: Chain, fobj, keys: list | None = None,
     """The chain's disk as one dynamic tap VHD, written forward to fobj.
 
     With extents, fobj.write is also given Extent and composed blocks
-    (see materialize), so that it may send file ranges as they are.
+    (see blocks.materialize), so that it may send file ranges as they are.
     """
     keys = chain.keys() if keys is None else keys
-    fobj = fobj if extents else _Bytes(fobj)
-    writer.write_dynamic(fobj, chain.size, Blocks(chain, keys), order=keys,
+    fobj = fobj if extents else blocks.Bytes(fobj)
+    writer.write_dynamic(fobj, chain.size, blocks.Blocks(chain, keys),
+                         order=keys,
                          block_size=chain.block_size)
 
 
