@@ -105,6 +105,17 @@ class StreamThroughTestCase(test_upload.StreamUploadTestCase):
                                          meta['id'])
         self.assert_disk(vol, disk_data())
 
+    def test_a_host_sending_no_content_length(self):
+        # The BAT alone gives the member's length.
+        with self.export_changed(length=lambda n: None), \
+                mock.patch.object(stream_out, '_raw_of',
+                                  side_effect=AssertionError('a raw file')):
+            data = self.upload('vhd', 'ovf')
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = os.path.join(tmp, 'disk.raw')
+            vhd.convert(self.saved(tmp, data, 'up.tgz'), raw)
+            self.assert_raw(raw, disk_data(), GiB)
+
     def test_another_layout_goes_through_a_raw_file(self):
         seen = []
         raw_of = stream_out._raw_of
