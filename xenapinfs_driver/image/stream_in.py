@@ -30,6 +30,7 @@ the image needs.
 
 import contextlib
 import errno
+import functools
 import os
 
 from cinder import exception as cinder_exception
@@ -41,6 +42,7 @@ from oslo_utils import units
 from xenapinfs_driver.image import meta
 from xenapinfs_driver.image import pipe
 from xenapinfs_driver.image import precheck
+from xenapinfs_driver.image import qcow2_in
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import errors as vhd_errors
 from xenapinfs_driver.vhd import vhdstream
@@ -92,13 +94,23 @@ def scratch_dir():
 
 @contextlib.contextmanager
 def staged_raw(context, image_service, image_meta, size, prefix,
-               max_depth):
-    """Yield the path of the image's disk as a sparse raw file.
+               max_depth, mapped=True):
+    """Yield the path of the image's disk as a sparse raw file (or, for
+    a qcow2 image whose data lies plainly in its file, a disk read from
+    that file: ``qcow2_in``; ``mapped=False`` converts it).
 
     :raises ImageUnacceptable: unreadable, or larger than ``size``.
     :raises ImageDownloadFailed: glance stopped sending.
     :raises ImageTooBig: ``image_conversion_dir`` is full.
     """
+    if mapped and qcow2_in.mappable(image_meta):
+        with qcow2_in.staged(context, image_service, image_meta, size,
+                             prefix, functools.partial(
+                                 staged_raw, context, image_service,
+                                 image_meta, size, prefix, max_depth,
+                                 mapped=False), no_space) as disk:
+            yield disk
+        return
     image_id = image_meta['id']
     with image_utils.temporary_file(prefix=prefix + 'raw_') as raw:
         try:
@@ -194,8 +206,9 @@ def _fetch_sparse(context, image_service, image_id, raw, size):
 
 
 def import_raw(session, ref, raw):
-    """Write the raw disk file ``raw`` into the VDI ``ref``, packed as a
-    dynamic VHD on the fly (only its non-zero blocks cross the wire)."""
+    """Write the raw disk file ``raw`` (or a disk object from
+    ``staged_raw``) into the VDI ``ref``, packed as a dynamic VHD on the
+    fly (only its non-zero blocks cross the wire)."""
     with vhdstream.PackedVhd(raw) as packed:
         transfer.import_vdi_from(session, ref, packed.length,
                                  packed.write_to, 'vhd')

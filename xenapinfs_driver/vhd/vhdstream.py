@@ -47,8 +47,9 @@ class _Sink:
         return len(data)
 
 
-def _open(path: str, max_size: int) -> pack.Disk:
-    disk = pack.Disk(path)
+def _open(path, max_size: int) -> pack.Disk:
+    # Or a disk object with pack.Disk's interface, read from elsewhere.
+    disk = pack.Disk(path) if isinstance(path, str) else path
     if disk.virtual_size > max_size:
         disk.close()
         raise errors.LimitExceeded('is %d bytes, more than the limit of %d'
