@@ -19,6 +19,8 @@ only the image's data:
   it (no tgz, no extracted VHD on disk);
 * ``raw`` images are written into it as they arrive, all-zero pieces
   skipped (they stay holes);
+* ``bare``/``qcow2`` images need no raw file when their data lies plainly
+  in the qcow2 file: ``qcow2_in`` reads it from there;
 * anything else goes through cinder's ``fetch_to_raw`` (qemu-img needs a
   file to read), which holds the fetched image and the raw until it ends.
 
