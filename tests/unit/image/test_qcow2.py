@@ -16,13 +16,11 @@ holds is read from its VHD file by qemu-img and compared with qemu-img's
 own reading of the image.
 """
 
-import errno
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from unittest import mock
 
 from cinder import exception as cinder_exception
 from cinder.image import image_utils
@@ -33,7 +31,6 @@ import pytest
 
 from tests.unit.image import test_download as dl
 from tests.unit import test_driver
-from xenapinfs_driver.image import qemu_map
 from xenapinfs_driver.image import stream_in
 
 CONF = cfg.CONF
@@ -70,7 +67,8 @@ def qemu_map_of(path, fmt='qcow2'):
         timeout=120, capture_output=True).stdout)
 
 
-class Qcow2TestCase(test_driver.DriverTestBase):
+class Qcow2Base(test_driver.DriverTestBase):
+    """The helpers of the tests of qcow2 images (no test itself)."""
 
     def setUp(self):
         super().setUp()
@@ -135,6 +133,25 @@ class Qcow2TestCase(test_driver.DriverTestBase):
     def no_conversion(self):
         self.mock_object(image_utils, 'fetch_to_raw',
                          side_effect=AssertionError('fetch_to_raw called'))
+
+    def refused(self, image, *words):
+        before = pattern(MiB, 11)
+        vol = self.new_volume(data=before)
+        with self.nothing_leaked():
+            with self.assertRaises(
+                    cinder_exception.ImageUnacceptable) as err:
+                self.driver.copy_image_to_volume(self.context, vol,
+                                                 self.images, image['id'])
+        self.assertEqual(before, self.read(vol, MiB))
+        text = str(err.exception)
+        self.assertIn(image['id'], text)
+        for word in words:
+            self.assertIn(word, text)
+        self.assertNotIn(CONF.image_conversion_dir, text)
+        return text
+
+
+class Qcow2TestCase(Qcow2Base):
 
     def test_data_is_read_from_the_qcow2_file(self):
         # Blocks partly data, data across a block boundary, a last block
@@ -227,95 +244,6 @@ class Qcow2TestCase(test_driver.DriverTestBase):
         self.assertIn('compressed', log.output)
         self.assertEqual([], os.listdir(CONF.image_conversion_dir))
 
-    def refused(self, image, *words):
-        before = pattern(MiB, 11)
-        vol = self.new_volume(data=before)
-        with self.nothing_leaked():
-            with self.assertRaises(
-                    cinder_exception.ImageUnacceptable) as err:
-                self.driver.copy_image_to_volume(self.context, vol,
-                                                 self.images, image['id'])
-        self.assertEqual(before, self.read(vol, MiB))
-        text = str(err.exception)
-        self.assertIn(image['id'], text)
-        for word in words:
-            self.assertIn(word, text)
-        self.assertNotIn(CONF.image_conversion_dir, text)
-        return text
-
-    def test_backing_file_is_refused(self):
-        base = self.path('base.raw')
-        with open(base, 'wb') as f:
-            f.write(pattern(MiB, 7))
-        src = self.path('top.qcow2')
-        qemu('create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', src)
-        self.no_conversion()
-        self.refused(self.add(src), 'backing file')
-
-    def test_other_format_named_qcow2_is_refused(self):
-        src = self.path('disk.vmdk')
-        qemu('create', '-q', '-f', 'vmdk', src, str(4 * MiB))
-        self.refused(self.add(src), "claimed to be 'qcow2'")
-
-    def test_truncated_file_is_refused(self):
-        src = self.path('t.qcow2')
-        qemu('convert', '-f', 'raw', '-O', 'qcow2',
-             self.raw(pattern(4 * MiB, 8)), src)
-        for cut in (os.path.getsize(src) // 2, 100 * 1024):
-            with open(src, 'r+b') as f:
-                f.truncate(cut)
-            # qemu-img itself reads the lost data as zeros.
-            as_raw(src, 'qcow2')
-            self.refused(self.add(src), 'corruptions')
-
-    def test_map_past_the_end_of_the_file_is_refused(self):
-        src = self.path('m.qcow2')
-        qemu('convert', '-f', 'raw', '-O', 'qcow2',
-             self.raw(pattern(2 * MiB, 9)), src)
-        real = qemu_map.qemu_img
-
-        def shifted(args, *rest, **kw):
-            code, out, err = real(args, *rest, **kw)
-            if args[0] == 'map':
-                out = out.replace(b'"offset": ', b'"offset": 1')
-            return code, out, err
-        self.mock_object(qemu_map, 'qemu_img', shifted)
-        self.refused(self.add(src), 'past the end of the file')
-
-    def test_failed_fetches_leave_nothing(self):
-        src = self.path('f.qcow2')
-        qemu('convert', '-f', 'raw', '-O', 'qcow2',
-             self.raw(pattern(4 * MiB, 12)), src)
-        image = self.add(src)
-        vol = self.new_volume()
-        real = self.images.download
-
-        def cut(context, image_id, data=None):
-            chunks = real(context, image_id)
-            yield next(chunks)
-            raise IOError('connection reset by glance')
-        with mock.patch.object(self.images, 'download', cut):
-            with self.nothing_leaked():
-                with self.assertRaises(
-                        cinder_exception.ImageDownloadFailed) as err:
-                    self.driver.copy_image_to_volume(
-                        self.context, vol, self.images, image['id'])
-        self.assertIn('connection reset by glance', str(err.exception))
-        directory = os.path.realpath(CONF.image_conversion_dir)
-        write = os.pwrite
-
-        def full(fd, buf, offset):
-            if os.readlink('/proc/self/fd/%d' % fd).startswith(directory):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return write(fd, buf, offset)
-        with mock.patch.object(os, 'pwrite', full):
-            with self.nothing_leaked():
-                with self.assertRaises(cinder_exception.ImageTooBig) as err:
-                    self.driver.copy_image_to_volume(
-                        self.context, vol, self.images, image['id'])
-        self.assertIn(CONF.image_conversion_dir, str(err.exception))
-        self.assertIn('needs up to', str(err.exception))
-
     def test_a_copy_cinder_holds_is_used_as_it_is(self):
         src = self.path('held.qcow2')
         qemu('convert', '-f', 'raw', '-O', 'qcow2',
@@ -331,42 +259,3 @@ class Qcow2TestCase(test_driver.DriverTestBase):
         self.assert_volume(vol, src)
         self.assertEqual([([], 0, 'MappedDisk')], seen)
         self.assertTrue(os.path.exists(src))    # cinder's, not ours
-
-
-def test_odd_maps_are_not_mapped():
-    def extent(begin, length, **kw):
-        item = {'start': begin, 'length': length, 'depth': 0,
-                'zero': False, 'data': True, 'offset': 65536 + begin}
-        item.update(kw)
-        return item
-    good = [extent(0, MiB), extent(MiB, MiB, zero=True, data=False)]
-    assert qemu_map.parse(json.dumps(good), 2 * MiB, 2 * MiB) == \
-        [(0, MiB, 65536)]
-    for odd, words in (
-            ('[{', 'not JSON'),
-            ('{}', 'not a list'),
-            ([extent(0, MiB), extent(2 * MiB, MiB)], 'not the bytes'),
-            ([extent(0, MiB)], 'covers 1048576 bytes of a 2097152'),
-            ([extent(0, MiB), extent(MiB, MiB, offset=65536)], 'share'),
-            ([extent(0, 2 * MiB, depth=1)], 'backing layer'),
-            ([extent(0, 2 * MiB, data=False)], 'neither data nor'),
-            ([{k: v for k, v in extent(0, 2 * MiB).items()
-               if k != 'offset'}], 'compressed'),
-            ([extent(0, 2 * MiB, start=-1)], 'start -1'),
-            ([extent(0, 2 * MiB, zero=None)], 'zero/data')):
-        text = odd if isinstance(odd, str) else json.dumps(odd)
-        with pytest.raises(qemu_map.NotMappable, match=words):
-            qemu_map.parse(text, 2 * MiB, 8 * MiB)
-    # A zero extent's host range may pass the end (the unwritten tail of
-    # a cluster); a data extent's may not.
-    tail = [extent(0, MiB), extent(MiB, MiB, zero=True)]
-    assert qemu_map.parse(json.dumps(tail), 2 * MiB, 2 * MiB)
-    with pytest.raises(qemu_map.Damaged, match='past the end'):
-        qemu_map.parse(json.dumps(good), 2 * MiB, MiB)
-
-
-def test_qemu_img_output_is_bounded():
-    with pytest.raises(qemu_map.NotMappable, match='more than 10 bytes'):
-        qemu_map.qemu_img(['--help'], 10)
-    code, out, _err = qemu_map.qemu_img(['--version'], 1 << 16)
-    assert code == 0 and out.startswith(b'qemu-img')
