@@ -31,11 +31,11 @@ qemu = base.qemu
 class Qcow2RefusedTestCase(base.Qcow2Base):
 
     def test_backing_file_is_refused(self):
-        base = self.path('base.raw')
-        with open(base, 'wb') as f:
+        backing = self.path('base.raw')
+        with open(backing, 'wb') as f:
             f.write(pattern(MiB, 7))
         src = self.path('top.qcow2')
-        qemu('create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', src)
+        qemu('create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'raw', src)
         self.no_conversion()
         self.refused(self.add(src), 'backing file')
 
