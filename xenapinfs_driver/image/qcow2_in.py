@@ -181,7 +181,7 @@ def open_disk(path, image_id, image_meta, size):
         image_id, info, run_as_root=False)
     if info.encrypted:
         raise qemu_map.NotMappable('it is encrypted')
-    limits = qemu_map.limits(
+    limits = qemu_map.process_limits(
         image_utils.CONF.image_introspection_cpu_limit,
         image_utils.CONF.image_introspection_address_space_limit * units.Gi)
     _check(path, image_id, limits)

@@ -261,7 +261,7 @@ class MappedDisk:
         return False
 
 
-def limits(cpu_seconds, address_space):
+def process_limits(cpu_seconds, address_space):
     """prlimit's bounds for qemu-img (cinder's introspection limits)."""
     return processutils.ProcessLimits(cpu_time=cpu_seconds,
                                       address_space=address_space)
