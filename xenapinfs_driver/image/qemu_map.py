@@ -29,7 +29,7 @@ short, and the image is refused.
 import bisect
 import json
 import os
-import select
+import selectors
 import subprocess
 import sys
 import time
@@ -76,23 +76,25 @@ def qemu_img(args, limit, timeout=TIMEOUT, limits=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, close_fds=True)
     out, err = bytearray(), bytearray()
-    bufs = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    # A selector, not select(): a service's descriptors may pass 1024.
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout.fileno(), selectors.EVENT_READ, out)
+    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, err)
     deadline = time.monotonic() + timeout
     try:
-        while bufs:
+        while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NotMappable('qemu-img %s ran more than %d s'
                                   % (args[0], timeout))
-            ready, _, _ = select.select(list(bufs), [], [], left)
-            for fd in ready:
+            for key, _ in sel.select(left):
                 try:
-                    data = os.read(fd, 1 << 16)
+                    data = os.read(key.fd, 1 << 16)
                 except BlockingIOError:
                     continue
                 if not data:
-                    del bufs[fd]
-                elif bufs[fd] is out:
+                    sel.unregister(key.fd)
+                elif key.data is out:
                     out += data
                     if len(out) > limit:
                         raise NotMappable(
@@ -105,6 +107,7 @@ def qemu_img(args, limit, timeout=TIMEOUT, limits=None):
         raise NotMappable('qemu-img %s ran more than %d s'
                           % (args[0], timeout)) from None
     finally:
+        sel.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

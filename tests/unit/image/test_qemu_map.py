@@ -58,3 +58,6 @@ def test_qemu_img_output_is_bounded():
         qemu_map.qemu_img(['--help'], 10)
     code, out, _err = qemu_map.qemu_img(['--version'], 1 << 16)
     assert code == 0 and out.startswith(b'qemu-img')
+    # No time at all: stopped before its first output, and killed.
+    with pytest.raises(qemu_map.NotMappable, match='ran more than 0 s'):
+        qemu_map.qemu_img(['--version'], 1 << 16, timeout=0)
