@@ -37,6 +37,7 @@ from cinder import exception as cinder_exception
 from cinder.i18n import _
 from cinder.image import format_inspector
 from cinder.image import image_utils
+from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import units
 
@@ -168,6 +169,9 @@ def open_disk(path, image_id, image_meta, size):
         info = image_utils.qemu_img_info(path, run_as_root=False)
     except cinder_exception.Invalid as exc:
         raise _refuse(image_id, str(exc)) from exc
+    except processutils.ProcessExecutionError as exc:
+        raise _refuse(image_id, _('qemu-img info cannot read it: %s')
+                      % (exc.stderr or '').strip()[:500]) from exc
     image_utils.check_virtual_size(info.virtual_size,
                                    max(1, size // units.Gi), image_id)
     if info.virtual_size > size:
