@@ -170,8 +170,10 @@ def open_disk(path, image_id, image_meta, size):
     except cinder_exception.Invalid as exc:
         raise _refuse(image_id, str(exc)) from exc
     except processutils.ProcessExecutionError as exc:
+        # The temporary file's name means nothing to the user.
+        why = (exc.stderr or '').replace(path, 'the image').strip()[:500]
         raise _refuse(image_id, _('qemu-img info cannot read it: %s')
-                      % (exc.stderr or '').strip()[:500]) from exc
+                      % why) from exc
     image_utils.check_virtual_size(info.virtual_size,
                                    max(1, size // units.Gi), image_id)
     if info.virtual_size > size:
