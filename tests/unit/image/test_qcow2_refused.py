@@ -16,6 +16,8 @@ import os
 from unittest import mock
 
 from cinder import exception as cinder_exception
+from cinder.image import image_utils
+from oslo_concurrency import processutils
 from oslo_config import cfg
 from oslo_utils import units
 
@@ -43,6 +45,19 @@ class Qcow2RefusedTestCase(base.Qcow2Base):
         src = self.path('disk.vmdk')
         qemu('create', '-q', '-f', 'vmdk', src, str(4 * MiB))
         self.refused(self.add(src), "claimed to be 'qcow2'")
+
+    def test_file_qemu_img_cannot_read_is_refused(self):
+        src = self.path('u.qcow2')
+        qemu('convert', '-f', 'raw', '-O', 'qcow2',
+             self.raw(pattern(MiB, 13)), src)
+
+        def unreadable(path, **kwargs):
+            raise processutils.ProcessExecutionError(
+                stderr="qemu-img: Could not open '%s': Image is not in "
+                       "qcow2 format" % path)
+        self.mock_object(image_utils, 'qemu_img_info', unreadable)
+        self.refused(self.add(src), 'qemu-img info cannot read it',
+                     'not in qcow2 format')
 
     def test_truncated_file_is_refused(self):
         src = self.path('t.qcow2')
