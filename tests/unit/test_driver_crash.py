@@ -119,13 +119,19 @@ class StreamCrashTestCase(test_driver.DriverTestBase):
         seen = []
         real = drv.downloader._import
 
-        def look(ref, path):
-            seen.extend(os.listdir(os.path.dirname(path)))
-            return real(ref, path)
+        def look(ref, staged):
+            seen.extend(os.listdir(os.path.dirname(staged.path)))
+            return real(ref, staged)
+        # A raw image is staged (a one-layer VHD would go straight through).
+        raw = self.images.create(self.context, {
+            'id': str(uuid.uuid4()), 'name': 'raw', 'status': 'active',
+            'visibility': 'private', 'protected': False,
+            'container_format': 'bare', 'disk_format': 'raw',
+            'size': len(self.disk), 'properties': {}},
+            data=io.BytesIO(self.disk))
         vol = self.volume()
         with mock.patch.object(drv.downloader, '_import', look):
-            drv.clone_image(self.context, vol, None, self.image,
-                            self.images)
+            drv.clone_image(self.context, vol, None, raw, self.images)
         prefix = staging.prefix('host-3@xs')
         self.assertNotEqual([], seen)
         self.assertTrue(all(n.startswith(prefix) for n in seen), seen)

@@ -23,11 +23,12 @@ by XAPI (``VDI.copy`` with ``into_vdi``, in dom0) and then destroyed.
 Existing VHD files are never overwritten: dom0 may refuse it, and tapdisk
 may hold the old file open.
 
-Stream path (any image, ``stream_in``): the image flows from glance into
-one sparse raw file in ``image_conversion_dir`` (VHD chains through our
-one-pass reader; other formats through cinder's ``fetch_to_raw``), which
-is packed as one dynamic VHD straight into the body of
-``PUT /import_raw_vdi?format=vhd``.
+Stream path (any image, ``stream_in``): an image holding one dynamic VHD
+goes from glance straight into the body of
+``PUT /import_raw_vdi?format=vhd``, validated on the way; any other flows
+into one sparse raw file in ``image_conversion_dir`` (VHD chains through
+our one-pass reader; other formats through cinder's ``fetch_to_raw``),
+which is packed as one dynamic VHD straight into that body.
 
 Either way the disk must fit the volume: glance reports no virtual size
 for ``ovf`` images, so it is checked here, on the stream path before any
@@ -112,13 +113,13 @@ class Downloader:
             how = 'dom0 plugin'
         else:
             with self._staged(context, image_service, image_meta,
-                              size) as raw:
+                              size) as image:
                 ref, vdi_uuid = storage.create_vdi(
                     self.session, self.sr, size, name, description,
                     other_config)
                 with self._discard_on_error(vdi_uuid):
-                    self._import(ref, raw)
-            how = 'stream'
+                    self._import(ref, image)
+            how = image.how
         LOG.info('Image %(image)s written to new VDI %(vdi)s (%(how)s).',
                  {'image': image_id, 'vdi': vdi_uuid, 'how': how})
         return ref, vdi_uuid
@@ -151,10 +152,10 @@ class Downloader:
             how = 'dom0 plugin'
         else:
             with self._staged(context, image_service, image_meta,
-                              size) as raw:
+                              size) as image:
                 ref = self.session.call('VDI.get_by_uuid', vdi_uuid)
-                self._import(ref, raw)
-            how = 'stream'
+                self._import(ref, image)
+            how = image.how
         LOG.info('Image %(image)s written to VDI %(vdi)s (%(how)s).',
                  {'image': image_id, 'vdi': vdi_uuid, 'how': how})
 
@@ -208,13 +209,14 @@ class Downloader:
         return ref, leaf_uuid
 
     def _staged(self, context, image_service, image_meta, size):
-        """The image's disk as a sparse raw file (stream_in.staged_raw)."""
-        return stream_in.staged_raw(context, image_service, image_meta,
-                                    size, self.tmp_prefix, self.max_depth)
+        """The image, read up to where it can be sent (stream_in.staged):
+        passed through as it is, or staged as a sparse raw file."""
+        return stream_in.staged(context, image_service, image_meta, size,
+                                self.tmp_prefix, self.max_depth)
 
-    def _import(self, ref, raw):
-        """Write the staged raw disk into the VDI (packed on the fly)."""
-        stream_in.import_raw(self.session, ref, raw)
+    def _import(self, ref, image):
+        """Write the staged image into the VDI."""
+        image.write_into(self.session, ref)
 
     @contextlib.contextmanager
     def _discard_on_error(self, vdi_uuid):

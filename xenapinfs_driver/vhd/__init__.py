@@ -18,6 +18,7 @@ faster.
 """
 
 from xenapinfs_driver.vhd.tgz import convert  # noqa: F401
+from xenapinfs_driver.vhd.tgz import Input  # noqa: F401
 from xenapinfs_driver.vhd.tgz import inspect  # noqa: F401
 from xenapinfs_driver.vhd.tgz import Limits  # noqa: F401
 from xenapinfs_driver.vhd.tgz import Result  # noqa: F401

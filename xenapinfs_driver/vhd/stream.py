@@ -289,7 +289,10 @@ class Source:
 
     ``offset`` counts the bytes consumed so far. Bulk data is handed out
     as memoryview slices of the pieces it arrived in, so that it can be
-    written without another copy.
+    written without another copy. ``on_consume``, when set, is called as
+    ``on_consume(data, offset)`` with every piece as it is consumed (read
+    or skipped), ``offset`` being where the piece starts: what is read
+    can be passed on, unchanged, as it goes.
     """
 
     def __init__(self, chunks, name: str):
@@ -299,6 +302,7 @@ class Source:
         self._pos = 0
         self.offset = 0
         self.on_chunk = None
+        self.on_consume = None
 
     def _fill(self) -> bool:
         for chunk in self._chunks:
@@ -331,6 +335,8 @@ class Source:
 
     def read_upto(self, n: int) -> bytes:
         data = self.peek(n)
+        if self.on_consume is not None and data:
+            self.on_consume(data, self.offset)
         self._pos += len(data)
         self.offset += len(data)
         return data
@@ -352,6 +358,8 @@ class Source:
                     source=self.name)
             take = min(n, len(self._buf) - self._pos)
             view = memoryview(self._buf)[self._pos:self._pos + take]
+            if self.on_consume is not None:
+                self.on_consume(view, self.offset)
             self._pos += take
             self.offset += take
             n -= take

@@ -53,10 +53,18 @@ class Result:
     warnings: list = dataclasses.field(default_factory=list)
 
 
-class _Input:
-    """The input file opened read-only, inflated if it is gzip."""
+class Input:
+    """The input file opened read-only, inflated if it is gzip.
 
-    def __init__(self, path: str, zlib_name: str | None = None):
+    ``Input(path)`` opens a file name, '-' or a file object. Its first
+    bytes can be looked at (``src.peek``) before it is handed, unread, to
+    :func:`convert` or :func:`inspect`, which read it and close it.
+    ``size``: the length of a file object, when its owner knows it (a
+    plain VHD is then bounded by it, as a file is by its own size).
+    """
+
+    def __init__(self, path: str, zlib_name: str | None = None,
+                 size: int | None = None):
         self.name = path
         self.inflater = None
         self.own = not hasattr(path, 'read')
@@ -81,6 +89,7 @@ class _Input:
                 raise errors.VhdError('is a directory', source=path)
             total = st.st_size if stat.S_ISREG(st.st_mode) else None
         self.total = total
+        self.size = total if total is not None else size
         self.raw = stream.RawReader(self.fobj, total)
         magic = self.raw.peek(2)
         self.gzip = magic == stream.GZIP_MAGIC
@@ -105,7 +114,7 @@ class _Input:
             self.fobj.close()
 
 
-def _read_layers(inp: _Input, composer, limits: Limits,
+def _read_layers(inp: Input, composer, limits: Limits,
                  check_parents: bool):
     builder = membersmod.ChainBuilder(limits.max_depth, check_parents)
     head = inp.src.peek(tar.BLOCK)
@@ -138,15 +147,20 @@ def _read_layers(inp: _Input, composer, limits: Limits,
                 '(no conectix cookie at the start or the end)')
     name = os.path.basename(inp.name)
     builder.claim('numbered', 0, name)
-    layer = layermod.LayerReader(inp.src, name, inp.total if not inp.gzip
+    layer = layermod.LayerReader(inp.src, name, inp.size if not inp.gzip
                                  else None, 0, composer, limits).read()
+    if not inp.src.at_eof():
+        # Only a stream of a declared size can get here: a file ends
+        # where its size says, and a stream of no size is read to its end.
+        raise errors.ArchiveError('data after the VHD, which should end at '
+                                  'byte %d' % inp.src.offset)
     builder.add(layer)
     return container, builder.finish()
 
 
 def _run(path, composer, limits, check_parents, zlib_name, on_input=None):
     try:
-        inp = _Input(path, zlib_name)
+        inp = path if isinstance(path, Input) else Input(path, zlib_name)
     except OSError as exc:
         raise errors.VhdError(
             'cannot read: %s' % (exc.strerror or exc),
@@ -223,8 +237,8 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
             progress=None) -> Result:
     """Write the disk a XenServer image (or VHD) holds to dest, raw.
 
-    path is a file name, '-' for standard input, or a file object read
-    once from where it stands (an HTTP body).
+    path is a file name, '-' for standard input, a file object read
+    once from where it stands (an HTTP body), or an :class:`Input`.
 
     :param zero_fill: write zeros where no layer has data. Default: only
         when dest is written in place (a block device, or an existing file
@@ -254,7 +268,7 @@ def convert(path: str, dest: str, *, zero_fill: bool | None = None,
 
 def _refuse_same_file(path: str, dest: str) -> None:
     """The input is never modified: not even by naming it as the output."""
-    if path == '-' or hasattr(path, 'read'):
+    if isinstance(path, Input) or path == '-' or hasattr(path, 'read'):
         return
     try:
         same = os.path.samefile(path, dest)
