@@ -115,7 +115,8 @@ def run_privsep_in_process(testcase):
                          False)
 
 
-class StreamDownloadTestCase(test_driver.DriverTestBase):
+class StreamImages:
+    """Images in cinder's in-memory image service, cloned into volumes."""
 
     def setUp(self):
         super().setUp()
@@ -138,6 +139,9 @@ class StreamDownloadTestCase(test_driver.DriverTestBase):
         self.assertTrue(cloned)
         vol.provider_location = model['provider_location']
         return vol
+
+
+class StreamDownloadTestCase(StreamImages, test_driver.DriverTestBase):
 
     def test_xenserver_chain(self):
         data, disk, layers = xenserver_tgz()
