@@ -207,15 +207,24 @@ class Composer:
         bs = layer.block_size
         spb = bs // vhdio.SECTOR
         mask = fmt.mask_of(bitmap, spb)
-        data = bytearray(b''.join(bytes(v) for v in src.slices(bs)))
+        if not mask:
+            src.skip(bs, 'block %d' % idx)
+            return 0
+        # The block is assembled once from the pieces it arrived in (a
+        # block spans several reads of the body).
+        data = bytearray(bs)
+        view = memoryview(data)
+        pos = 0
+        for piece in src.slices(bs, 'block %d' % idx):
+            view[pos:pos + len(piece)] = piece
+            pos += len(piece)
         base = idx * bs
         valid = min(bs, layer.size - base)
         # Sectors the bitmap leaves out read as zeros, whatever is stored.
         for s, e in vhdio.runs(~mask & ((1 << spb) - 1), spb):
             data[s * vhdio.SECTOR:e * vhdio.SECTOR] = bytes(
                 (e - s) * vhdio.SECTOR)
-        if mask:
-            self.imp.write(base, memoryview(data)[:valid])
+        self.imp.write(base, view[:valid])
         return mask.bit_count()
 
     def write_fixed(self, rank, offset, view) -> None:

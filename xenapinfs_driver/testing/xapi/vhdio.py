@@ -46,9 +46,15 @@ def runs(mask: int, spb: int):
     return [(m.start(), m.end()) for m in _RUNS.finditer(bits)]
 
 
+_ZEROS = bytes(16 << 20)
+
+
 def is_zero(view) -> bool:
     n = len(view)
-    return not n or bytes(view) == bytes(n)
+    if n <= len(_ZEROS):
+        # Compared where it lies, up to its first non-zero byte: no copy.
+        return _ZEROS.startswith(view)
+    return not bytes(view).strip(b'\0')
 
 
 class Chain:
