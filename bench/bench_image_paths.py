@@ -16,11 +16,12 @@ It starts the stack of the end-to-end tier (RabbitMQ, glance, cinder-api,
 two backends on one SR: ``xs_plugin`` (dom0's glance plugin) and
 ``xs_stream`` (XAPI's HTTP handlers). It makes a sparse disk of
 ``--size`` bytes holding ``--data`` bytes of random data in scattered
-2 MiB blocks, and from it three images: a XenServer tgz (ovf/vhd), a
-qcow2 and a raw. Then, through cinder's API, it times each path:
+2 MiB blocks, and from it four images: a XenServer tgz (ovf/vhd) of one
+layer, the same disk as a two-layer chain (ovf/vhd), a qcow2 and a raw.
+Then, through cinder's API, it times each path:
 
-* create from ovf/vhd by the plugin and by the stream path, from qcow2
-  and from raw (stream path);
+* create from ovf/vhd (either image) by the plugin and by the stream
+  path, from qcow2 and from raw (stream path);
 * upload to ovf/vhd by the plugin and by the stream path, and to qcow2.
 
 While each runs it samples, every 50 ms, the bytes allocated in cinder's
@@ -47,6 +48,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -59,7 +61,10 @@ from tests import stack_fixture  # noqa: E402
 from tests import xapi_fixture  # noqa: E402
 from xenapinfs_driver.testing.stack import Stack  # noqa: E402
 from xenapinfs_driver import vhd  # noqa: E402
+from xenapinfs_driver.vhd import image as vhdimage  # noqa: E402
+from xenapinfs_driver.vhd import ops as vhdops  # noqa: E402
 from xenapinfs_driver.vhd import pack  # noqa: E402
+from xenapinfs_driver.vhd import vhdstream  # noqa: E402
 from xenapinfs_driver.xenapi import session as xsession  # noqa: E402
 from xenapinfs_driver.xenapi import transfer  # noqa: E402
 
@@ -115,11 +120,52 @@ def digest(path: str, size: int) -> str:
     return h.hexdigest()
 
 
+def data_blocks(path: str, size: int):
+    """Offsets of the 2 MiB blocks of a sparse file that hold data."""
+    with open(path, 'rb') as f:
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(f.fileno(), pos, os.SEEK_DATA)
+            except OSError:
+                return
+            end = os.lseek(f.fileno(), start, os.SEEK_HOLE)
+            yield from range(start - start % BLOCK, end, BLOCK)
+            pos = end
+
+
+def make_chain(work: str, raw: str, size: int, tgz: str) -> None:
+    """The same disk as a two-layer XenServer image, as a snapshot leaves
+    it: a base (1.vhd) with every other data block, a differencing leaf
+    (0.vhd) with the rest."""
+    base_raw, base, leaf = (os.path.join(work, n) for n in (
+        'base.raw', '1.vhd', '0.vhd'))
+    blocks = list(data_blocks(raw, size))
+    with open(raw, 'rb') as src, open(base_raw, 'wb') as out:
+        out.truncate(size)
+        for off in blocks[::2]:
+            os.pwrite(out.fileno(), os.pread(src.fileno(), BLOCK, off), off)
+    with vhdstream.PackedVhd(base_raw) as packed, open(base, 'wb') as out:
+        packed.write_to(out.write)
+    vhdops.snapshot(leaf, base)
+    with open(raw, 'rb') as src, vhdimage.VhdFile(leaf, writable=True) as v:
+        for off in blocks[1::2]:
+            v.write(off, os.pread(src.fileno(), BLOCK, off))
+        v.flush()
+    with tarfile.open(tgz, 'w:gz', compresslevel=1) as tar:
+        tar.add(leaf, '0.vhd')
+        tar.add(base, '1.vhd')
+    for path in (base_raw, base, leaf):
+        os.unlink(path)
+
+
 def make_images(work: str, size: int, data: int) -> dict:
     raw = os.path.join(work, 'disk.raw')
     make_disk(raw, size, data)
     tgz = os.path.join(work, 'disk.tgz')
     pack.pack(raw, tgz)
+    chain = os.path.join(work, 'chain.tgz')
+    make_chain(work, raw, size, chain)
     dense = os.path.join(work, 'dense.raw')
     with open(dense, 'wb') as f:
         rng = random.Random(16)
@@ -128,7 +174,8 @@ def make_images(work: str, size: int, data: int) -> dict:
     qcow2 = os.path.join(work, 'disk.qcow2')
     subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
                     qcow2], check=True)
-    return {'raw': raw, 'tgz': tgz, 'qcow2': qcow2, 'dense': dense}
+    return {'raw': raw, 'tgz': tgz, 'qcow2': qcow2, 'dense': dense,
+            'chain': chain}
 
 
 # -- sampling ------------------------------------------------------------
@@ -358,6 +405,8 @@ class Run:
             'qcow2': self.add_image(stack, self.images['qcow2'], 'qcow2',
                                     'bare'),
             'raw': self.add_image(stack, self.images['raw'], 'raw', 'bare'),
+            'chain': self.add_image(stack, self.images['chain'], 'vhd',
+                                    'ovf'),
         }
         self.vols = {}
 
@@ -386,6 +435,8 @@ class Run:
             create('create ovf/vhd stream', 'xs_stream', 'tgz'),
             create('create qcow2 stream', 'xs_stream', 'qcow2'),
             create('create raw stream', 'xs_stream', 'raw'),
+            create('create chain plugin', 'xs_plugin', 'chain'),
+            create('create chain stream', 'xs_stream', 'chain'),
             upload('upload ovf/vhd plugin', 'xs_plugin',
                    'create ovf/vhd plugin', 'vhd', 'ovf'),
             upload('upload ovf/vhd stream', 'xs_stream',
@@ -541,6 +592,9 @@ def report(after: Run, before: Run | None, data: int) -> None:
     print('  stream create / plugin create (goal <= 1.3): %.2f' % ratio(
         r['create ovf/vhd stream']['seconds'],
         r['create ovf/vhd plugin']['seconds']))
+    print('  the same, from a two-layer chain: %.2f' % ratio(
+        r['create chain stream']['seconds'],
+        r['create chain plugin']['seconds']))
     print('  upload ovf/vhd stream / create ovf/vhd stream: %.2f' % ratio(
         r['upload ovf/vhd stream']['seconds'],
         r['create ovf/vhd stream']['seconds']))
