@@ -57,21 +57,40 @@ class ChunkReader:
         self.error = None
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, from as many chunks as it takes: glance's
+        are small (64 KiB), and each read costs the reader a round of
+        work (an inflate call, a queue item) whatever its size."""
         if n is None or n < 0:
             return _read_all(self)
-        while not self._buf:
+        parts, got = [], 0
+        while got < n:
+            if not self._buf:
+                if not self._next(got):
+                    break
+                continue
+            part, self._buf = self._buf[:n - got], self._buf[n - got:]
+            parts.append(part)
+            got += len(part)
+        data = b''.join(parts)
+        self.consumed += len(data)
+        return data
+
+    def _next(self, got: int) -> bool:
+        """Take the next chunk; False at the end. A failure of the source
+        is raised once nothing read before it is left to return."""
+        if self.error is None:
             try:
-                chunk = next(self._chunks)
+                self._buf = memoryview(next(self._chunks))
+                return True
             except StopIteration:
-                return b''
+                return False
             except Exception as exc:
                 # Kept for the caller; the reader only needs to stop.
                 self.error = exc
-                raise FetchError(str(exc) or type(exc).__name__) from exc
-            self._buf = memoryview(chunk)
-        data, self._buf = self._buf[:n], self._buf[n:]
-        self.consumed += len(data)
-        return bytes(data)
+        if got:
+            return False
+        raise FetchError(str(self.error) or type(self.error).__name__) \
+            from self.error
 
     def close(self) -> None:
         close = getattr(self._chunks, 'close', None)

@@ -21,8 +21,8 @@ from xenapinfs_driver.image import pipe
 def test_chunk_reader_reads_any_sizes():
     reader = pipe.ChunkReader([b'abc', b'', b'defgh', b'i'])
     assert reader.read(2) == b'ab'
-    assert reader.read(5) == b'c'          # short: the chunk ends
-    assert reader.read() == b'defghi'
+    assert reader.read(5) == b'cdefg'      # across chunks
+    assert reader.read() == b'hi'
     assert reader.read(4) == b''
     assert reader.consumed == 9
 
@@ -32,9 +32,11 @@ def test_chunk_reader_keeps_the_sources_error():
         yield b'x' * 10
         raise IOError('glance went away')
     reader = pipe.ChunkReader(chunks())
-    assert reader.read(10) == b'x' * 10
-    with pytest.raises(pipe.FetchError, match='glance went away'):
-        reader.read(10)
+    # What came before the failure first, then the failure.
+    assert reader.read(64) == b'x' * 10
+    for _ in range(2):
+        with pytest.raises(pipe.FetchError, match='glance went away'):
+            reader.read(10)
     assert isinstance(reader.error, IOError)
 
 
