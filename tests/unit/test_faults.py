@@ -73,6 +73,7 @@ from tests import fake_images
 from tests import stack_fixture
 from tests.unit.image import test_download
 from tests.unit import test_driver
+from tests import vhd_factory
 from xenapinfs_driver import driver
 from xenapinfs_driver.testing.xapi import api as xapi_api
 from xenapinfs_driver.xenapi import session as xsession
@@ -730,8 +731,17 @@ class CloneImage(Op):
         if result:
             t.assertEqual(ctx.vol.id, t.record(_location(result))[
                 'other_config'][driver.VOLUME_KEY])
-            disk = t.image_disk
+            disk = getattr(ctx, 'disk', t.image_disk)
             t.assertEqual(disk, t.read(_location(result), len(disk)))
+
+
+class CloneOneLayerImage(CloneImage):
+    """A tgz of one dynamic VHD: sent to the host as it arrives."""
+    name = 'clone_image_one_layer'
+
+    def prepare(self, t):
+        image, disk = t.one_layer_image()
+        return types.SimpleNamespace(image=image, disk=disk)
 
 
 class CloneRawImage(CloneImage):
@@ -757,7 +767,7 @@ class CopyImageToVolume(Op):
         return {_uuid(ctx.vol)}, set()
 
     def check(self, t, ctx, result, error):
-        disk = t.image_disk
+        disk = getattr(ctx, 'disk', t.image_disk)
         if error is None:
             t.assertEqual(disk, t.read(ctx.vol, len(disk)))
         else:
@@ -765,6 +775,16 @@ class CopyImageToVolume(Op):
             if data != disk:
                 # Untouched, unless the copy was done, its answer lost.
                 t.assertEqual(pattern(MiB, 11), data[:MiB])
+
+
+class CopyOneLayerImageToVolume(CopyImageToVolume):
+    """A tgz of one dynamic VHD, sent into the volume as it arrives."""
+    name = 'copy_one_layer_image_to_volume'
+
+    def prepare(self, t):
+        image, disk = t.one_layer_image()
+        return types.SimpleNamespace(image=image, disk=disk,
+                                     vol=t.new_volume(data=pattern(MiB, 11)))
 
 
 class CopyVolumeToImage(Op):
@@ -1154,6 +1174,23 @@ class StreamImageFaultsTestCase(FaultTestBase):
             data=io.BytesIO(self.image_disk))
         return self.images.show(self.context, image_id)
 
+    def one_layer_image(self):
+        """(image, disk): a tgz of one dynamic VHD."""
+        vhd, disk = test_download.bare_vhd(6 * MiB, {
+            2: pattern(2 * MiB, 12), 0: pattern(2 * MiB, 13)})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, 'one.tgz')
+            vhd_factory.xenserver_tgz(path, [vhd])
+            with open(path, 'rb') as f:
+                data = f.read()
+        image_id = str(uuid.uuid4())
+        self.images.create(self.context, {
+            'id': image_id, 'name': 'one', 'status': 'active',
+            'visibility': 'private', 'protected': False,
+            'disk_format': 'vhd', 'container_format': 'ovf',
+            'size': len(data), 'properties': {}}, data=io.BytesIO(data))
+        return self.images.show(self.context, image_id), disk
+
     def queued_image(self, disk_format, container_format):
         meta = {'id': str(uuid.uuid4()), 'name': 'up', 'status': 'queued',
                 'disk_format': disk_format,
@@ -1169,6 +1206,12 @@ class StreamImageFaultsTestCase(FaultTestBase):
 
     def test_copy_image_to_volume(self):
         self.matrix(CopyImageToVolume())
+
+    def test_clone_image_one_layer(self):
+        self.matrix(CloneOneLayerImage())
+
+    def test_copy_one_layer_image_to_volume(self):
+        self.matrix(CopyOneLayerImageToVolume())
 
     def test_copy_volume_to_image(self):
         self.matrix(CopyVolumeToImage())
