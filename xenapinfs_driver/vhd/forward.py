@@ -73,8 +73,8 @@ def plan(inp: tgz.Input, limits: validate.Limits) -> Plan | None:
 
     A VHD found invalid here is also None: the other path reads it and
     names what is wrong, as it always has. What the input itself fails
-    with (a read error, corrupt gzip data) is raised: the bytes it had
-    sent are gone with it.
+    with (a read error, corrupt gzip data) is raised: the bytes read
+    before the failure are lost, the other path could not read them.
     """
     try:
         return _plan(_Peeker(inp.src), inp, limits)
