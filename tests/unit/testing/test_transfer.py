@@ -186,6 +186,12 @@ def test_refusals(xapi_server, session, sr):
     assert hu.get(url, hu.query(session, vdi, 'qcow2'))[0] == 400
     uuid = session.xenapi.VDI.get_uuid(vdi)
     assert hu.get(url, hu.query(session, uuid))[0] == 200
+    # The body is complete before the host lets go of the VDI (a client
+    # with no task cannot wait for it): wait as one would for the task.
+    deadline = time.monotonic() + 10
+    while session.xenapi.VDI.get_current_operations(vdi):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     snap = session.xenapi.VDI.snapshot(vdi, {})
     status, text = hu.put(url, hu.query(session, snap), b'')
     assert (status, text) == (500, 'VDI_READONLY %s' % snap)
