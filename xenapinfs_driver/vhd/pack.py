@@ -161,10 +161,10 @@ def pack_into(disk, out, compressor, workers, progress,
         level=None if compressor is None else compressor[2])
 
 
-def vhd_length(disk, stored: list) -> int:
+def vhd_length(disk, stored: list, batmap: bool = True) -> int:
     """The size of the VHD write_dynamic will write: the tar member's."""
     # The same layout as write_dynamic's.
-    lay = writer.Layout(disk.virtual_size, stored, BLOCK, None, True, [],
+    lay = writer.Layout(disk.virtual_size, stored, BLOCK, None, batmap, [],
                         writer.ALIGN)
     # A BAT entry of all ones means "unallocated": the last usable sector
     # is one below it.

@@ -61,6 +61,11 @@ def _open(path, max_size: int) -> pack.Disk:
 class PackedVhd:
     """The raw disk at ``path`` as one dynamic VHD of ``length`` bytes.
 
+    It has no batmap (the host writes the data into a VHD of its own, and
+    the batmap is blktap's, not the format's): XAPI reads the body forward
+    and expects the footer right after the BAT when there are no blocks,
+    where a batmap would stand.
+
     ``with PackedVhd(path) as vhd: send(vhd.length); vhd.write_to(write)``
     """
 
@@ -70,7 +75,8 @@ class PackedVhd:
         try:
             self._read = pack.Counter(progress)
             self.blocks = self.disk.nonzero_blocks(self._read)
-            self.length = pack.vhd_length(self.disk, self.blocks)
+            self.length = pack.vhd_length(self.disk, self.blocks,
+                                          batmap=False)
         except BaseException:
             self.disk.close()
             raise
@@ -91,7 +97,7 @@ class PackedVhd:
         writer.write_dynamic(
             sink, self.virtual_size,
             pack.LazyBlocks(self.disk, self.blocks, self._read),
-            order=self.blocks)
+            order=self.blocks, batmap=False)
         if sink.written != self.length:
             raise AssertionError('the VHD came out %d bytes, not %d'
                                  % (sink.written, self.length))

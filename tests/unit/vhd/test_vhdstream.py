@@ -99,6 +99,25 @@ def test_an_empty_disk_is_a_vhd_without_blocks(tmp_path):
     assert result.virtual_size == 6 * MiB and result.allocated == 0
 
 
+@pytest.mark.parametrize('blocks', [[], [2]])
+def test_what_a_forward_reader_needs(tmp_path, blocks):
+    # XAPI reads an imported VHD forward: the blocks after the BAT, the
+    # footer right after the last one, or after the BAT when there is
+    # none; a batmap (blktap's) in between is not a footer.
+    src = tmp_path / 'disk.raw'
+    sparse_disk(src, 6 * MiB, blocks)
+    data = packed(src)
+    assert b'tdbatmap' not in data
+    bat_end = 1536 + 512        # three entries of four bytes, one sector
+    span = 512 + 2 * MiB        # bitmap and block
+    body = len(data) - 512
+    assert data[body:] == data[:512]
+    if blocks:
+        assert bat_end <= body - span   # the one block ends at the footer
+    else:
+        assert body == bat_end
+
+
 def test_write_tgz_is_a_xenserver_image(tmp_path):
     src = tmp_path / 'disk.raw'
     disk = sparse_disk(src, 7 * MiB, [0, 3], seed=3)
