@@ -453,6 +453,7 @@ def raw_probe(xs, stack, work, image_id, size, label):
     streamed straight from glance into ``PUT /import_raw_vdi?format=raw``
     (no local copy, every zero sent), and the driver's way (fetched
     sparse into one file, then packed as a VHD into the PUT)."""
+    from xenapinfs_driver.image import pipe
     from xenapinfs_driver.image import stream_in
     from xenapinfs_driver.xenapi import storage
     import urllib.request
@@ -472,7 +473,7 @@ def raw_probe(xs, stack, work, image_id, size, label):
                     transfer.import_vdi(xs, ref, resp, size, 'raw')
                     scratch = 0
                 else:
-                    zeros = bytes(stream_in.SPARSE_PIECE)
+                    zeros = bytes(pipe.SPARSE_PIECE)
                     with open(raw, 'wb') as f:
                         pos = 0
                         while True:

@@ -22,6 +22,7 @@ turns whenever the queue is full or empty, or a socket waits.
 """
 
 import queue
+import os
 import threading
 
 # Chunks in flight from the writer to the reader: the memory a pipe costs
@@ -38,6 +39,34 @@ def _read_all(fobj) -> bytes:
         if not data:
             return b''.join(parts)
         parts.append(data)
+
+
+# A sparse copy is written in pieces of this size; a piece of zeros is
+# skipped. Small enough to keep scattered data sparse, large enough to
+# cost few system calls.
+SPARSE_PIECE = 64 << 10
+_ZERO_PIECE = bytes(SPARSE_PIECE)
+
+
+def copy_sparse(reader, fd: int, limit=None) -> int:
+    """Copy what ``reader`` gives into the file ``fd`` from its start,
+    all-zero pieces left as holes; the file is cut to the length, which
+    is returned. ``limit(end)`` sees each piece's end before it is
+    written, and raises to stop. A failing source raises FetchError."""
+    offset = 0
+    while True:
+        piece = reader.read(SPARSE_PIECE)
+        if not piece:
+            break
+        end = offset + len(piece)
+        if limit is not None:
+            limit(end)
+        if piece != (_ZERO_PIECE if len(piece) == SPARSE_PIECE
+                     else bytes(len(piece))):
+            os.pwrite(fd, piece, offset)
+        offset = end
+    os.ftruncate(fd, offset)
+    return offset
 
 
 class FetchError(OSError):

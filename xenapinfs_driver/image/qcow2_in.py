@@ -47,10 +47,6 @@ from xenapinfs_driver.image import qemu_map
 
 LOG = logging.getLogger(__name__)
 
-# The fetched file is written in pieces of this size; a piece of zeros is
-# skipped (a preallocated qcow2 file stays sparse).
-PIECE = 64 << 10
-_ZERO = bytes(PIECE)
 # qemu-img check's exit codes: 0 clean, 3 leaked clusters only (harmless).
 _CHECK_OK = (0, 3)
 
@@ -118,32 +114,23 @@ def _lent(context, image_service, image_id, path):
 
 
 def _fetch_sparse(context, image_service, image_meta, path, no_space):
-    """Write the image's file to ``path``, its zero pieces left holes."""
+    """Write the image's file to ``path``, its zero pieces left holes (a
+    preallocated qcow2 file stays sparse)."""
     image_id = image_meta['id']
     reader = pipe.ChunkReader(image_service.download(context, image_id))
-    offset = 0
     try:
         with open(path, 'r+b') as out:
-            fd = out.fileno()
-            while True:
-                try:
-                    piece = reader.read(PIECE)
-                except pipe.FetchError as exc:
-                    raise cinder_exception.ImageDownloadFailed(
-                        image_href=image_id,
-                        reason=str(reader.error) or
-                        type(reader.error).__name__) from exc
-                if not piece:
-                    break
-                if piece != (_ZERO if len(piece) == PIECE
-                             else bytes(len(piece))):
-                    os.pwrite(fd, piece, offset)
-                offset += len(piece)
-            os.ftruncate(fd, offset)
+            pipe.copy_sparse(reader, out.fileno())
+    except pipe.FetchError as exc:
+        raise cinder_exception.ImageDownloadFailed(
+            image_href=image_id,
+            reason=str(reader.error) or type(reader.error).__name__
+        ) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise no_space(image_id, os.path.dirname(path),
-                           image_meta.get('size') or offset) from exc
+                           image_meta.get('size') or
+                           os.path.getsize(path)) from exc
         raise
     finally:
         reader.close()

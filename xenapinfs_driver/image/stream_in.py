@@ -57,12 +57,6 @@ from xenapinfs_driver.vhd import forward
 from xenapinfs_driver.vhd import vhdstream
 from xenapinfs_driver.xenapi import transfer
 
-# A raw image is written in pieces of this size; a piece of zeros is
-# skipped. Small enough to keep scattered data sparse, large enough to
-# cost few system calls.
-SPARSE_PIECE = 64 << 10
-_ZERO_PIECE = bytes(SPARSE_PIECE)
-
 
 # One wording and one type (ImageLargerThanVolume) whichever path finds
 # that the disk does not fit.
@@ -269,26 +263,16 @@ def _compose(image_id, reader, inp, raw, limits):
 
 def _fetch_sparse(context, image_service, image_id, raw, size):
     """Write a raw image to ``raw``, leaving its zero pieces as holes."""
-    chunks = image_service.download(context, image_id)
-    reader = pipe.ChunkReader(chunks)
-    offset = 0
+    def limit(end):
+        if end > size:
+            raise too_big(image_id, end, size)
+    reader = pipe.ChunkReader(image_service.download(context, image_id))
     try:
         with open(raw, 'r+b') as out:
-            fd = out.fileno()
-            while True:
-                try:
-                    piece = reader.read(SPARSE_PIECE)
-                except pipe.FetchError as exc:
-                    raise _download_failed(image_id, reader.error) from exc
-                if not piece:
-                    break
-                if offset + len(piece) > size:
-                    raise too_big(image_id, offset + len(piece), size)
-                if piece != (_ZERO_PIECE if len(piece) == SPARSE_PIECE
-                             else bytes(len(piece))):
-                    os.pwrite(fd, piece, offset)
-                offset += len(piece)
-            os.ftruncate(fd, offset)
+            try:
+                offset = pipe.copy_sparse(reader, out.fileno(), limit)
+            except pipe.FetchError as exc:
+                raise _download_failed(image_id, reader.error) from exc
     finally:
         reader.close()
     if offset == 0:
