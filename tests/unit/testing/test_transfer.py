@@ -115,6 +115,32 @@ def test_vhd_import_with_partial_bitmaps(xapi_server, session, sr,
     assert qemu_raw(tmp_path, exported) == out
 
 
+@pytest.mark.parametrize('blocks, batmap, pad, ok', [
+    ({}, False, 0, True),       # the footer right after the BAT
+    ({}, True, 0, False),       # a batmap where a forward reader wants it
+    ({1: (None, b'\3' * (2 * MiB))}, True, 0, True),   # batmap, then data
+    ({1: (None, b'\3' * (2 * MiB))}, False, 512, False),   # a gap at the end
+])
+def test_vhd_footer_where_xapi_reads_it(xapi_server, session, sr, blocks,
+                                        batmap, pad, ok):
+    out = io.BytesIO()
+    writer.write_dynamic(out, 4 * MiB, blocks, batmap=batmap)
+    body = out.getvalue()
+    body = body[:-512] + bytes(pad) + body[-512:]
+    vdi = xapi_fixture.create_vdi(session, sr, 4 * MiB)
+    status, text = hu.put(xapi_server.url, hu.query(session, vdi, 'vhd'),
+                          body)
+    if ok:
+        assert status == 200, text
+        disk = bytearray(4 * MiB)
+        for idx, (_bitmap, data) in blocks.items():
+            disk[idx * 2 * MiB:(idx + 1) * 2 * MiB] = data
+        assert hu.export_data(xapi_server, session, vdi) == disk
+    else:
+        assert status == 500 and text.startswith(
+            'VDI_IO_ERROR the VHD footer is at offset'), (status, text)
+
+
 def test_fixed_vhd_import(xapi_server, session, sr):
     vdi = xapi_fixture.create_vdi(session, sr, 4 * MiB)
     disk = hu.pattern(3 * MiB, seed=8)

@@ -174,10 +174,31 @@ class Importer:
                     return
                 yield data
         src = stream.Source(chunks(), 'body')
-        layermod.LayerReader(src, 'body', body.length, 0, Composer(self),
-                             layermod.Limits()).read()
+        composer = Composer(self)
+        layer = layermod.LayerReader(src, 'body', body.length, 0, composer,
+                                     layermod.Limits()).read()
         if src.read_upto(1):
             raise errors.XapiError('VDI_IO_ERROR', 'data after the VHD')
+        if layer.disk_type == fmt.DISK_DYNAMIC:
+            _footer_where_read_forward(layer, composer.last_end, src.offset)
+
+
+def _footer_where_read_forward(layer, last_end: int | None,
+                               length: int) -> None:
+    """XAPI reads an imported VHD forward (vhd-tool, from ocaml-vhd's
+    stream reader): the blocks after the BAT in any order with gaps
+    skipped, then the footer right after the last block, or right after
+    the sector-aligned BAT when there is none. Anything else there (a
+    batmap, padding) it would take for the footer and refuse."""
+    if last_end is None:
+        hdr = layer.header
+        table_end = hdr.table_offset + 4 * hdr.max_table_entries
+        last_end = table_end + (-table_end % fmt.SECTOR)
+    if length - fmt.FOOTER_SIZE != last_end:
+        raise errors.XapiError(
+            'VDI_IO_ERROR', 'the VHD footer is at offset %d, not at %d right '
+            'after the last block (or the BAT), where XAPI reads it'
+            % (length - fmt.FOOTER_SIZE, last_end))
 
 
 class Composer:
@@ -188,6 +209,8 @@ class Composer:
         self.size = importer.rewriter.size
         self.pending = bytearray()
         self.pending_at = 0
+        # Where the body's last block ended: past it comes the footer.
+        self.last_end = None
 
     def begin_layer(self, layer) -> None:
         if layer.disk_type == fmt.DISK_DIFFERENCING:
@@ -209,6 +232,7 @@ class Composer:
         mask = fmt.mask_of(bitmap, spb)
         if not mask:
             src.skip(bs, 'block %d' % idx)
+            self.last_end = max(self.last_end or 0, src.offset)
             return 0
         # The block is assembled once from the pieces it arrived in (a
         # block spans several reads of the body).
@@ -225,6 +249,7 @@ class Composer:
             data[s * vhdio.SECTOR:e * vhdio.SECTOR] = bytes(
                 (e - s) * vhdio.SECTOR)
         self.imp.write(base, view[:valid])
+        self.last_end = max(self.last_end or 0, src.offset)
         return mask.bit_count()
 
     def write_fixed(self, rank, offset, view) -> None:
