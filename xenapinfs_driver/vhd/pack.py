@@ -260,16 +260,21 @@ class Disk:
 
     def nonzero_blocks(self, read) -> list:
         """The indices of the blocks holding a non-zero byte, ascending."""
-        found = []
+        return list(self.nonzero(read, BLOCK))
+
+    def nonzero(self, read, size: int):
+        """Yield, ascending, the indices of the pieces of ``size`` bytes
+        that hold a non-zero byte (the qcow2 writer asks for clusters)."""
+        last = -1
         for start, end in self.extents():
-            for idx in range(start // BLOCK, (end - 1) // BLOCK + 1):
-                if found and found[-1] == idx:
-                    continue    # found in an earlier range of this block
-                lo = max(start, idx * BLOCK)
-                hi = min(end, (idx + 1) * BLOCK)
+            for idx in range(start // size, (end - 1) // size + 1):
+                if idx == last:
+                    continue    # found in an earlier range of this piece
+                lo = max(start, idx * size)
+                hi = min(end, (idx + 1) * size)
                 if self._has_data(lo, hi, read):
-                    found.append(idx)
-        return found
+                    last = idx
+                    yield idx
 
     def _has_data(self, lo: int, hi: int, read) -> bool:
         while lo < hi:
