@@ -33,6 +33,15 @@ def kind(image_meta):
     return BARE_VHD
 
 
+def packs_qcow2(image_meta):
+    """Whether the stream path packs an upload as qcow2 itself: any
+    container but ``compressed``, which cinder's ``upload_volume``
+    compresses after converting (with its accelerator, on a file)."""
+    image_meta = image_meta or {}
+    return (image_meta.get('disk_format') == 'qcow2' and
+            image_meta.get('container_format') != 'compressed')
+
+
 def endpoint(context):
     """The first glance API URL, full, as dom0's plugin wants it."""
     netloc, use_ssl = next(iter(glance.get_api_servers(context)))

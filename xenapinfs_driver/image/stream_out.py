@@ -23,6 +23,8 @@
   one-pass reader writes it into a sparse raw file in
   ``image_conversion_dir`` (the one copy), which is packed and
   compressed straight into glance's upload;
+* a qcow2 image: the same raw file (the one copy), packed as a qcow2
+  image on the fly straight into glance's upload (``vhd.qcow2out``);
 * other formats: the same raw file, which cinder's ``upload_volume``
   converts with qemu-img (its own output is a second file, for the time
   of the upload).
@@ -37,6 +39,7 @@ from xenapinfs_driver.image import pipe
 from xenapinfs_driver.image import stream_in
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import passthrough
+from xenapinfs_driver.vhd import qcow2out
 from xenapinfs_driver.vhd import vhdstream
 from xenapinfs_driver.xenapi import transfer
 
@@ -96,8 +99,8 @@ def send_export_tgz(session, ref, vdi_uuid, send, level, prefix, image_id):
             with _raw_of(whole, length, prefix, image_id) as raw:
                 send_tgz(raw, send, level)
             return
-        _send_made(lambda write: passthrough.write_tgz(
-            plan, stream, write, level=level, offload=offload()), send)
+        _log_tgz(_send_made(lambda write: passthrough.write_tgz(
+            plan, stream, write, level=level, offload=offload()), send))
 
 
 class _Prefixed:
@@ -132,13 +135,28 @@ def offload():
 def send_tgz(raw, send, level):
     """``send(fileobj)`` the raw disk as a XenServer image, compressed on
     the fly (``level``: gzip level; isal for 1 to 3)."""
-    _send_made(lambda write: vhdstream.write_tgz(
-        raw, write, level=level, offload=offload()), send)
+    _log_tgz(_send_made(lambda write: vhdstream.write_tgz(
+        raw, write, level=level, offload=offload()), send))
+
+
+def send_qcow2(raw, send, source):
+    """``send(fileobj)`` the raw disk as a qcow2 image, packed on the fly
+    (no compression: its length is known before the first byte).
+
+    :param source: what errors call the disk (the VDI, the image).
+    :raises VhdError: the disk is larger than the writer's limit, or
+        changed while being read: raised into the upload before its end.
+    """
+    with qcow2out.Qcow2Out(raw, source=source) as image:
+        LOG.debug('%(src)s: qcow2 image of %(n)d bytes, %(data)d data '
+                  'clusters', {'src': source, 'n': image.length,
+                               'data': image.stored})
+        _send_made(image.write_to, send)
 
 
 def _send_made(make, send):
     """``send(fileobj)`` what ``make(write)`` writes, as it is written;
-    the writer's failure is the one raised."""
+    the writer's failure is the one raised. What ``make`` returns."""
     result = []
     data = pipe.Pipe(lambda write: result.append(make(write)))
     try:
@@ -152,9 +170,12 @@ def _send_made(make, send):
     data.close()
     if data.error is not None:
         raise data.error
-    if result:
+    return result[0] if result else None
+
+
+def _log_tgz(result):
+    if result is not None:
         LOG.debug('XenServer image packed on the fly: %(n)d bytes, '
                   '%(how)s level %(level)s', {
-                      'n': result[0].bytes_written,
-                      'how': result[0].compressor,
-                      'level': result[0].level})
+                      'n': result.bytes_written, 'how': result.compressor,
+                      'level': result.level})

@@ -20,6 +20,8 @@ disk; the snapshot is destroyed afterwards, whatever happens.
   path, one ``0.vhd`` holding the consolidated disk.
 * any other container with ``vhd``: one dynamic VHD (cinder 29's own
   ``vhd`` upload runs qemu-img, whose output XenServer does not resize).
+* ``qcow2`` (but in a ``compressed`` container): the raw disk packed as
+  qcow2 by the driver (``vhd.qcow2out``), uncompressed.
 * other formats: the raw disk through cinder's ``image_utils``, which
   converts with qemu-img.
 
@@ -28,7 +30,9 @@ the network, where a ``raw`` export would send every zero of the volume.
 It keeps at most one local copy (``stream_out``): a bare VHD goes from the
 export to glance as it comes, and a XenServer image is the export packed
 into a tgz as it comes (a raw file only if the host's layout needs it);
-other formats go through one sparse raw file, which cinder converts.
+a qcow2 image is packed from one sparse raw file into glance's upload as
+it is written; other formats go through that raw file, which cinder
+converts into a second one.
 """
 
 from cinder.image import image_utils
@@ -114,6 +118,16 @@ class Uploader:
         if what == meta.XENSERVER:
             stream_out.send_export_tgz(self.session, snap, snap_uuid, send,
                                        self.level, self.tmp_prefix, image_id)
+            return
+        if meta.packs_qcow2(image_meta):
+            # As cinder's upload_volume would, and before the export,
+            # which would be wasted.
+            image_utils.check_image_conversion_disable(
+                image_meta['disk_format'], 'raw', image_id, upload=True)
+            with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
+                                         image_id) as raw:
+                stream_out.send_qcow2(raw, send, 'disk of image %s (VDI %s)'
+                                      % (image_id, snap_uuid))
             return
         with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
                                      image_id) as raw:

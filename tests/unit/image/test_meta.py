@@ -42,6 +42,21 @@ def test_kind_of_nothing():
     assert meta.kind({}) == meta.OTHER
 
 
+@pytest.mark.parametrize('container,disk,want', [
+    ('bare', 'qcow2', True),
+    (None, 'qcow2', True),
+    ('ovf', 'qcow2', True),
+    # cinder compresses these after converting, on a file.
+    ('compressed', 'qcow2', False),
+    ('bare', 'vmdk', False),
+    ('bare', 'raw', False),
+])
+def test_packs_qcow2(container, disk, want):
+    assert meta.packs_qcow2({'container_format': container,
+                             'disk_format': disk}) is want
+    assert meta.packs_qcow2(None) is False
+
+
 class GlanceFromDom0TestCase(test.TestCase):
     """Needs cinder's configuration: its TestCase sets it up."""
 

@@ -112,7 +112,7 @@ class StreamUploadTestCase(test_driver.DriverTestBase):
             self.assert_raw(self.qemu_raw(tmp, path, 'vpc'), disk_data(),
                             GiB)
 
-    def test_qcow2_through_cinder(self):
+    def test_qcow2_read_by_qemu(self):
         data = self.upload('qcow2')
         with tempfile.TemporaryDirectory() as tmp:
             path = self.saved(tmp, data, 'up.qcow2')
