@@ -12,9 +12,9 @@
 """A pure-Python VHD library: the standard library is all it needs.
 
 It reads XenServer images (a tar.gz of a VHD chain) and plain VHDs in one
-pass, packs raw disks as XenServer images, and does vhd-util's file
-operations (``ops``); isal or zlib-ng, when installed, only make gzip
-faster.
+pass, packs raw disks as XenServer images (or as qcow2 images, for
+uploads: ``qcow2out``), and does vhd-util's file operations (``ops``);
+isal or zlib-ng, when installed, only make gzip faster.
 """
 
 from xenapinfs_driver.vhd.tgz import convert  # noqa: F401

@@ -122,6 +122,24 @@ def test_qemu_reads_the_raw_disk(tmp_path, case):
 
 
 @needs_qemu
+@pytest.mark.parametrize('seed', range(4))
+def test_random_disks(tmp_path, seed):
+    rnd = random.Random(seed)
+    size = rnd.randrange(1, 80 * 1024) * 512
+    pieces = []
+    for _ in range(rnd.randrange(30)):
+        at = rnd.randrange(size)
+        pieces.append((at, min(size - at, rnd.choice(
+            [1, 511, CLUSTER - 1, CLUSTER, 3 * CLUSTER + 5, MiB]))))
+    raw = raw_disk(tmp_path / 'disk.raw', size, pieces, seed)
+    path, stored = pack(tmp_path, raw)
+    want = {i for at, n in pieces
+            for i in range(at // CLUSTER, (at + n - 1) // CLUSTER + 1)}
+    assert stored == len(want)
+    assert_qemu_agrees(path, raw, size)
+
+
+@needs_qemu
 def test_zeros_written_as_data_are_not_stored(tmp_path):
     raw = tmp_path / 'disk.raw'
     with open(raw, 'wb') as f:
