@@ -817,8 +817,8 @@ class CopyVolumeToBareVhd(CopyVolumeToImage):
 
 
 class CopyVolumeToQcow2(CopyVolumeToImage):
-    """The export read as a stream into one raw file, which qemu-img
-    converts for cinder's upload."""
+    """The export read as a stream into one raw file, which the driver
+    packs as qcow2 into the upload."""
     name = 'copy_volume_to_image_qcow2'
     disk_format, container_format = 'qcow2', 'bare'
 

@@ -74,7 +74,9 @@ class Qcow2Out:
     """
 
     def __init__(self, path: str, source: str | None = None,
-                 max_size: int = MAX_SIZE, progress=None):
+                 max_size: int | None = None, progress=None):
+        if max_size is None:
+            max_size = MAX_SIZE
         self.disk = pack.Disk(path)
         try:
             if source is not None:

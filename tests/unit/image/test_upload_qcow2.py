@@ -159,10 +159,8 @@ class StreamQcow2TestCase(Qcow2Mixin, test_upload.StreamUploadTestCase):
 
     def test_a_disk_over_the_limit_names_the_image(self):
         meta = self.new_image()
-        limited = mock.patch.object(
-            qcow2out.Qcow2Out.__init__, '__defaults__',
-            (None, MiB, None))
-        with limited, self.nothing_leaked():
+        with mock.patch.object(qcow2out, 'MAX_SIZE', MiB), \
+                self.nothing_leaked():
             with self.assertRaises(errors.LimitExceeded) as err:
                 self.driver.copy_volume_to_image(self.context, self.vol,
                                                  self.images, meta)
