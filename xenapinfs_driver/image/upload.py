@@ -20,7 +20,7 @@ disk; the snapshot is destroyed afterwards, whatever happens.
   path, one ``0.vhd`` holding the consolidated disk.
 * any other container with ``vhd``: one dynamic VHD (cinder 29's own
   ``vhd`` upload runs qemu-img, whose output XenServer does not resize).
-* ``qcow2`` (but in a ``compressed`` container): the raw disk packed as
+* ``qcow2`` (except in a ``compressed`` container): the raw disk packed as
   qcow2 by the driver (``vhd.qcow2out``), uncompressed.
 * other formats: the raw disk through cinder's ``image_utils``, which
   converts with qemu-img.
