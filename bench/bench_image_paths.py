@@ -517,8 +517,12 @@ def started(label, code, work, images, args):
                                                              'plugin'),
                 'xs_stream': stack_fixture.xenapinfs_backend(xapi.url,
                                                              'stream')}
+            # qcow2 uploads uncompressed: the driver packs those itself
+            # (compressed, cinder's qemu-img converts a second file).
             with Stack(os.path.join(root, 'stack'), backends,
-                       extra_env={'PYTHONPATH': path}) as stack:
+                       extra_env={'PYTHONPATH': path},
+                       cinder_options={'extra': {'DEFAULT': {
+                           'image_compress_on_upload': False}}}) as stack:
                 if old is None:
                     del os.environ['PYTHONPATH']
                 else:

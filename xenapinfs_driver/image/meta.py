@@ -12,6 +12,7 @@
 """What an image is, and how dom0 reaches glance on the caller's behalf."""
 
 from cinder.image import glance
+from cinder.image import image_utils
 
 XENSERVER = 'xenserver'     # container ovf, disk vhd: a tgz of a VHD chain
 BARE_VHD = 'vhd'            # any other container, disk vhd: one VHD file
@@ -34,12 +35,17 @@ def kind(image_meta):
 
 
 def packs_qcow2(image_meta):
-    """Whether the stream path packs an upload as qcow2 itself: any
-    container but ``compressed``, which cinder's ``upload_volume``
-    compresses after converting (with its accelerator, on a file)."""
+    """Whether the stream path packs an upload as qcow2 itself: when
+    cinder's ``image_compress_on_upload`` is off, in any container but
+    ``compressed`` (which cinder's ``upload_volume`` compresses after
+    converting, with its accelerator, on a file). The driver's qcow2 is
+    uncompressed (its layout is known before its data is read: one local
+    copy, no second file); with the option on, as it is by default,
+    cinder's qemu-img writes compressed clusters, as operators expect."""
     image_meta = image_meta or {}
     return (image_meta.get('disk_format') == 'qcow2' and
-            image_meta.get('container_format') != 'compressed')
+            image_meta.get('container_format') != 'compressed' and
+            not image_utils.CONF.image_compress_on_upload)
 
 
 def endpoint(context):

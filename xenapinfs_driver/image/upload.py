@@ -20,8 +20,9 @@ disk; the snapshot is destroyed afterwards, whatever happens.
   path, one ``0.vhd`` holding the consolidated disk.
 * any other container with ``vhd``: one dynamic VHD (cinder 29's own
   ``vhd`` upload runs qemu-img, whose output XenServer does not resize).
-* ``qcow2`` (except in a ``compressed`` container): the raw disk packed as
-  qcow2 by the driver (``vhd.qcow2out``), uncompressed.
+* ``qcow2`` (except in a ``compressed`` container) when cinder's
+  ``image_compress_on_upload`` is off: the raw disk packed as qcow2 by
+  the driver (``vhd.qcow2out``), uncompressed (``meta.packs_qcow2``).
 * other formats: the raw disk through cinder's ``image_utils``, which
   converts with qemu-img.
 

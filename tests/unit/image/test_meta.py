@@ -12,6 +12,7 @@
 """What an image is, and what dom0 is told about glance and the caller."""
 
 from cinder import context
+from cinder.image import image_utils
 from cinder.tests.unit import test
 import pytest
 
@@ -52,9 +53,16 @@ def test_kind_of_nothing():
     ('bare', 'raw', False),
 ])
 def test_packs_qcow2(container, disk, want):
+    image_utils.CONF.set_override('image_compress_on_upload', False)
+    try:
+        assert meta.packs_qcow2({'container_format': container,
+                                 'disk_format': disk}) is want
+        assert meta.packs_qcow2(None) is False
+    finally:
+        image_utils.CONF.clear_override('image_compress_on_upload')
+    # cinder's default: compressed by its qemu-img, as operators expect.
     assert meta.packs_qcow2({'container_format': container,
-                             'disk_format': disk}) is want
-    assert meta.packs_qcow2(None) is False
+                             'disk_format': disk}) is False
 
 
 class GlanceFromDom0TestCase(test.TestCase):

@@ -39,6 +39,12 @@ disk_data = test_upload.disk_data
 
 class Qcow2Mixin:
 
+    def setUp(self):
+        super().setUp()
+        # The driver packs qcow2 itself only when cinder would not
+        # compress it (its default is to).
+        self.override_config('image_compress_on_upload', False)
+
     def assert_qcow2_of(self, data, vol):
         """data is a clean qcow2 image of the volume's whole disk."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +100,19 @@ class StreamQcow2TestCase(Qcow2Mixin, test_upload.StreamUploadTestCase):
         self.snapshot(self.vol)
         self.write(self.vol, test_upload.pattern(MiB, 70))
         self.assert_qcow2_of(self.upload('qcow2', 'ovf'), self.vol)
+
+    def test_compressed_on_upload_by_default_is_cinders(self):
+        self.override_config('image_compress_on_upload', True)
+        meta = self.new_image()
+        real = image_utils.upload_volume
+        with mock.patch.object(image_utils, 'upload_volume',
+                               side_effect=real) as upload, \
+                mock.patch.object(qcow2out, 'Qcow2Out',
+                                  side_effect=AssertionError('packed')):
+            self.driver.copy_volume_to_image(self.context, self.vol,
+                                             self.images, meta)
+        self.assertEqual(1, upload.call_count)
+        self.assert_qcow2_of(self.images.data(meta['id']), self.vol)
 
     def test_a_compressed_container_is_cinders(self):
         meta = self.new_image('compressed')
