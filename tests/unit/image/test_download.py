@@ -16,13 +16,11 @@ plugin path with the test server's dom0 glance plugin fetching from a real
 glance-api, and cinder's real GlanceImageService reading its metadata.
 """
 
-import errno
 import gzip
 import io
 import os
 import subprocess
 import tempfile
-from unittest import mock
 import uuid
 
 from cinder import context
@@ -37,6 +35,7 @@ import pytest
 from tests import fake_images
 from tests import stack_fixture
 from tests.unit import test_driver
+from tests.unit.image import faults
 from tests import vhd_factory
 from xenapinfs_driver import driver
 from xenapinfs_driver import exception
@@ -298,13 +297,7 @@ class StreamDownloadTestCase(StreamImages, test_driver.DriverTestBase):
         for blob, fmt, container in ((data, 'vhd', 'ovf'),
                                      (raw_disk, 'raw', 'bare')):
             image = self.add_image(blob, fmt, container)
-            real = self.images.download
-
-            def cut(context, image_id, data=None, real=real):
-                chunks = real(context, image_id)
-                yield next(chunks)
-                raise IOError('connection reset by glance')
-            with mock.patch.object(self.images, 'download', cut):
+            with faults.glance_stops(self.images):
                 with self.nothing_leaked():
                     with self.assertRaises(
                             cinder_exception.ImageDownloadFailed) as err:
@@ -314,18 +307,10 @@ class StreamDownloadTestCase(StreamImages, test_driver.DriverTestBase):
 
     def test_full_conversion_dir_is_named(self):
         data, _disk, _layers = xenserver_tgz(seed=9)
-        directory = os.path.realpath(CONF.image_conversion_dir)
-        real = os.pwrite
-
-        def full(fd, buf, offset):
-            # Only the staged files fill up; the host's SR has room.
-            if os.readlink('/proc/self/fd/%d' % fd).startswith(directory):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real(fd, buf, offset)
         for blob, fmt, container in ((data, 'vhd', 'ovf'),
                                      (pattern(MiB, 64), 'raw', 'bare')):
             image = self.add_image(blob, fmt, container)
-            with mock.patch.object(os, 'pwrite', full):
+            with faults.directory_full(CONF.image_conversion_dir):
                 with self.nothing_leaked():
                     with self.assertRaises(
                             cinder_exception.ImageTooBig) as err:

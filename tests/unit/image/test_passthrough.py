@@ -27,6 +27,7 @@ from oslo_config import cfg
 from oslo_utils import units
 import pytest
 
+from tests.unit.image import faults
 from tests.unit.image import test_download
 from tests.unit import test_driver
 from tests import vhd_factory as vf
@@ -213,14 +214,7 @@ class PassthroughTestCase(test_download.StreamImages,
     def test_glance_that_stops_sending(self):
         vhd, _disk = one_layer(11)
         image = self.add_image(tgz_of([('0.vhd', vhd)]), 'vhd', 'ovf')
-        real = self.images.download
-
-        def cut(context, image_id, data=None):
-            chunks = real(context, image_id)
-            for _ in range(20):
-                yield next(chunks)
-            raise IOError('connection reset by glance')
-        with mock.patch.object(self.images, 'download', cut):
+        with faults.glance_stops(self.images, after=20):
             with self.nothing_leaked():
                 with self.assertRaises(
                         cinder_exception.ImageDownloadFailed) as err:

@@ -11,9 +11,7 @@
 # under the License.
 """qcow2 images refused, and failed fetches: nothing is left behind."""
 
-import errno
 import os
-from unittest import mock
 
 from cinder import exception as cinder_exception
 from cinder.image import image_utils
@@ -21,6 +19,7 @@ from oslo_concurrency import processutils
 from oslo_config import cfg
 from oslo_utils import units
 
+from tests.unit.image import faults
 from tests.unit.image import test_qcow2 as base
 from xenapinfs_driver.image import qemu_map
 
@@ -90,27 +89,14 @@ class Qcow2RefusedTestCase(base.Qcow2Base):
              self.raw(pattern(4 * MiB, 12)), src)
         image = self.add(src)
         vol = self.new_volume()
-        real = self.images.download
-
-        def cut(context, image_id, data=None):
-            chunks = real(context, image_id)
-            yield next(chunks)
-            raise IOError('connection reset by glance')
-        with mock.patch.object(self.images, 'download', cut):
+        with faults.glance_stops(self.images):
             with self.nothing_leaked():
                 with self.assertRaises(
                         cinder_exception.ImageDownloadFailed) as err:
                     self.driver.copy_image_to_volume(
                         self.context, vol, self.images, image['id'])
         self.assertIn('connection reset by glance', str(err.exception))
-        directory = os.path.realpath(CONF.image_conversion_dir)
-        write = os.pwrite
-
-        def full(fd, buf, offset):
-            if os.readlink('/proc/self/fd/%d' % fd).startswith(directory):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return write(fd, buf, offset)
-        with mock.patch.object(os, 'pwrite', full):
+        with faults.directory_full(CONF.image_conversion_dir):
             with self.nothing_leaked():
                 with self.assertRaises(cinder_exception.ImageTooBig) as err:
                     self.driver.copy_image_to_volume(
