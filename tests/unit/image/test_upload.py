@@ -50,19 +50,42 @@ class StreamUploadTestCase(test_driver.DriverTestBase):
         test_download.run_privsep_in_process(self)
         self.vol = self.new_volume(data=disk_data())
 
-    def upload(self, disk_format, container_format='bare', vol=None):
-        """copy_volume_to_image into a new queued image; its bytes."""
-        image_id = str(uuid.uuid4())
-        meta = {'id': image_id, 'name': 'up', 'status': 'queued',
+    def new_image(self):
+        """The image assert_fails_cleanly uploads to."""
+        return self.queued_image('vhd', 'ovf')
+
+    def queued_image(self, disk_format, container_format):
+        """A queued image in glance: its meta."""
+        meta = {'id': str(uuid.uuid4()), 'name': 'up', 'status': 'queued',
                 'disk_format': disk_format,
                 'container_format': container_format, 'properties': {}}
         self.images.create(self.context, dict(meta))
+        return meta
+
+    def upload(self, disk_format, container_format='bare', vol=None):
+        """copy_volume_to_image into a new queued image; its bytes."""
+        meta = self.queued_image(disk_format, container_format)
         before = self.visible_vdis()
         self.driver.copy_volume_to_image(self.context, vol or self.vol,
                                          self.images, meta)
         # The upload's snapshot is gone again.
         self.assertEqual(sorted(before), sorted(self.visible_vdis()))
-        return self.images._imagedata[image_id]
+        return self.images._imagedata[meta['id']]
+
+    def assert_fails_cleanly(self, exc_type=Exception, *words):
+        """An upload into a new_image() fails with exc_type, naming
+        words; no image data, not active, the volume unchanged."""
+        meta = self.new_image()
+        with self.nothing_leaked():
+            with self.assertRaises(exc_type) as err:
+                self.driver.copy_volume_to_image(self.context, self.vol,
+                                                 self.images, meta)
+        self.assertIsNone(self.images.data(meta['id']))
+        self.assertNotEqual('active', self.images.show(
+            self.context, meta['id'])['status'])
+        for word in words:
+            self.assertIn(word, str(err.exception))
+        self.assertEqual(disk_data(), self.read(self.vol, len(disk_data())))
 
     def saved(self, tmp, data, name):
         path = os.path.join(tmp, name)
