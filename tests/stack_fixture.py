@@ -94,6 +94,13 @@ def cinder_cli(stack, *args) -> str:
     return stack.run_cli(stack.cinder_cli_args() + list(args)).stdout
 
 
+def volume_vdi(xs, volume_id: str) -> str:
+    """The ref of the one VDI the driver keeps for a cinder volume."""
+    refs = xs.call('VDI.get_by_name_label', 'volume-%s' % volume_id)
+    assert len(refs) == 1, refs
+    return refs[0]
+
+
 def _keep_logs_only(workdir) -> None:
     """Data (images, databases) goes; the logs stay for a post-mortem,
     under pytest's own temporary directory and its retention."""

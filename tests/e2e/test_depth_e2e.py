@@ -74,10 +74,7 @@ def _create(stack, *args, status='available'):
     return vid
 
 
-def _vdi(xs, volume_id):
-    refs = xs.call('VDI.get_by_name_label', 'volume-%s' % volume_id)
-    assert len(refs) == 1, refs
-    return refs[0]
+_vdi = stack_fixture.volume_vdi
 
 
 def _disk_head(xs, volume_id, tmp, length):

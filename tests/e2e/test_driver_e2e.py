@@ -88,10 +88,7 @@ def _wait_image(stack, image_id, timeout=120):
         time.sleep(1)
 
 
-def _vdi(xs, volume_id):
-    refs = xs.call('VDI.get_by_name_label', 'volume-%s' % volume_id)
-    assert len(refs) == 1, refs
-    return refs[0]
+_vdi = stack_fixture.volume_vdi
 
 
 def _disk(xs, volume_id, tmp):

@@ -94,10 +94,7 @@ def _holdings(xs, xapi, name, vid):
     return vdis, sorted(os.listdir(directory))
 
 
-def _vdi(xs, vid):
-    refs = xs.call('VDI.get_by_name_label', 'volume-%s' % vid)
-    assert len(refs) == 1, refs
-    return refs[0]
+_vdi = stack_fixture.volume_vdi
 
 
 def _read(xs, vid, length, tmp):

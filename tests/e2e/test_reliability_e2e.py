@@ -326,10 +326,7 @@ def assert_sr_matches_cinder(stack, xs, control, xapi, tasks=True):
             'base copies': base}
 
 
-def _vdi_of(xs, volume_id):
-    refs = xs.call('VDI.get_by_name_label', 'volume-%s' % volume_id)
-    assert len(refs) == 1, refs
-    return refs[0]
+_vdi_of = stack_fixture.volume_vdi
 
 
 def assert_disk(xs, volume_id, expected, size, tmp):
