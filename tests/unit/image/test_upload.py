@@ -16,6 +16,7 @@ import os
 import subprocess
 import tarfile
 import tempfile
+from unittest import mock
 import uuid
 
 from cinder import exception as cinder_exception
@@ -86,6 +87,13 @@ class StreamUploadTestCase(test_driver.DriverTestBase):
         for word in words:
             self.assertIn(word, str(err.exception))
         self.assertEqual(disk_data(), self.read(self.vol, len(disk_data())))
+
+    def test_glance_refusing_mid_upload(self):
+        def refuse(context, image_id, metadata, data=None, **kwargs):
+            data.read(MiB)
+            raise IOError('glance: 413 over quota')
+        with mock.patch.object(self.images, 'update', refuse):
+            self.assert_fails_cleanly(IOError, 'over quota')
 
     def saved(self, tmp, data, name):
         path = os.path.join(tmp, name)

@@ -168,10 +168,3 @@ class StreamThroughTestCase(test_upload.StreamUploadTestCase):
         with self.export_changed(length=lambda n: n - 2 * MiB):
             self.assert_fails_cleanly(vhd.VhdError, 'export of VDI',
                                       'BAT entry')
-
-    def test_glance_refusing_mid_upload(self):
-        def refuse(context, image_id, metadata, data=None, **kwargs):
-            data.read(MiB)
-            raise IOError('glance: 413 over quota')
-        with mock.patch.object(self.images, 'update', refuse):
-            self.assert_fails_cleanly(IOError, 'over quota')
