@@ -402,6 +402,25 @@ def test_qemu_agrees_on_a_fixed_vhd(tmp_path):
 
 
 @needs_qemu
+def test_fixed_vhd_from_standard_input(tmp_path):
+    # Its only footer comes last: read from a pipe, it is found there.
+    rnd = random.Random(34)
+    raw = rnd.randbytes(2 * MiB) + bytes(3 * MiB) + rnd.randbytes(SECTOR)
+    buf = io.BytesIO()
+    writer.write_fixed(buf, raw)
+    vhd = tmp_path / 'fixed.vhd'
+    vhd.write_bytes(buf.getvalue())
+    out = tmp_path / 'piped.raw'
+    with open(vhd, 'rb') as f:
+        ok(cli('convert', '-', out, stdin=f))
+    assert mismatch(out.read_bytes(), qemu_convert(tmp_path, vhd)) is None
+    # Not a VHD at all: refused once its end shows no footer.
+    failed(cli('convert', '-', tmp_path / 'no.raw', input=raw),
+           '<stdin>', 'conectix')
+    assert not (tmp_path / 'no.raw').exists()
+
+
+@needs_qemu
 def test_qemu_pitfall_differencing_disk_without_its_parent(tmp_path):
     # qemu opens 0.vhd as if it were dynamic: no parent, no bitmaps.
     rnd = random.Random(33)

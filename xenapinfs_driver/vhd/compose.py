@@ -30,6 +30,7 @@ NONE, FULL, PARTIAL = 0, 1, 2     # what a layer holds of a block
 _RUNS = re.compile(b'1+')
 ZERO_FILL_CHUNK = 1 << 20
 _ZEROS = bytes(ZERO_FILL_CHUNK)
+FIXED_GRAIN = 1 << 16
 
 
 def _is_zero(view) -> bool:
@@ -40,6 +41,25 @@ def _is_zero(view) -> bool:
         return view.tobytes() == (_ZEROS if n == ZERO_FILL_CHUNK
                                   else _ZEROS[:n])
     return not view.tobytes().strip(b'\0')
+
+
+def _nonzero_runs(view, offset: int, grain: int):
+    """(lo, hi) ranges of ``view`` (at disk ``offset``) that hold data,
+    in pieces aligned to ``grain`` on the disk, adjacent ones joined."""
+    start = None
+    pos = 0
+    end = len(view)
+    while pos < end:
+        stop = min(end, (offset + pos) // grain * grain + grain - offset)
+        if _is_zero(view[pos:stop]):
+            if start is not None:
+                yield start, pos
+                start = None
+        elif start is None:
+            start = pos
+        pos = stop
+    if start is not None:
+        yield start, end
 
 
 def _merge(runs, size):
@@ -226,7 +246,14 @@ class Composer:
         if self.target is None:
             return
         if not any(r < rank for r in self.layers):
-            self._emit(view, offset, None, self.fresh)
+            if self.fresh:
+                # A fixed disk's data comes in reads that straddle its
+                # zero runs: holes are found per grain, not per read, so
+                # the file holds little more than the data.
+                for lo, hi in _nonzero_runs(view, offset, FIXED_GRAIN):
+                    self._emit(view[lo:hi], offset + lo, None, False)
+            else:
+                self._emit(view, offset, None, False)
             return
         bs, spb = self.block_size, self.spb
         if bs is None:

@@ -139,9 +139,14 @@ def _read_layers(inp: Input, composer, limits: Limits,
         return container, builder.finish()
 
     container = 'vhd.gz' if inp.gzip else 'vhd'
-    if head[:8] != fmt.FOOTER_COOKIE:
+    if head[:8] != fmt.FOOTER_COOKIE and not inp.gzip:
+        # A fixed VHD's only footer is its last 512 bytes: a file shows
+        # them now; a stream (stdin, an image from glance) only at its
+        # end, where the layer reader looks for them before the disk is
+        # accepted.
         tail = inp.tail(fmt.FOOTER_SIZE)
-        if not inp.gzip and (tail is None or tail[:8] != fmt.FOOTER_COOKIE):
+        if inp.total is not None and (tail is None or
+                                      tail[:8] != fmt.FOOTER_COOKIE):
             raise errors.ArchiveError(
                 'not a XenServer image: neither gzip, nor tar, nor VHD '
                 '(no conectix cookie at the start or the end)')

@@ -22,6 +22,7 @@ import tarfile
 
 import pytest
 
+from tests import vhd_encoder as vf_encoder
 from tests import vhd_factory as vf
 from xenapinfs_driver.vhd import tgz as cv
 from xenapinfs_driver.vhd import errors
@@ -216,6 +217,53 @@ def test_fixed_vhd(tmp_path, gz):
     data, result = _convert(tmp_path, src)
     assert data == raw
     assert result.layers[0].disk_type == fmt.DISK_FIXED
+
+
+class _Pipe(io.RawIOBase):
+    """A stream with no size and no seek, as stdin or an HTTP body."""
+
+    def __init__(self, data):
+        self.data = memoryview(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = min(len(buf), len(self.data), 65536)
+        buf[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+@pytest.mark.parametrize('size', [None, 'known'])
+def test_fixed_vhd_from_a_stream(tmp_path, size):
+    """Its footer comes last: the disk is accepted once it has come."""
+    raw = random.Random(9).randbytes(3 * MiB) + bytes(MiB)
+    image = vf_encoder.encode_fixed(raw)
+    inp = cv.Input(_Pipe(image), size=len(image) if size else None)
+    out = tmp_path / 'out.raw'
+    result = cv.convert(inp, str(out))
+    assert out.read_bytes() == raw
+    assert result.container == 'vhd'
+    assert result.layers[0].disk_type == fmt.DISK_FIXED
+
+
+@pytest.mark.parametrize('size', [None, 'known'])
+def test_stream_that_is_no_vhd_is_refused_at_its_end(tmp_path, size):
+    data = random.Random(11).randbytes(MiB)
+    inp = cv.Input(_Pipe(data), size=len(data) if size else None)
+    with pytest.raises(errors.InvalidFooter, match='no conectix cookie'):
+        cv.convert(inp, str(tmp_path / 'out.raw'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_fixed_vhd_stream_larger_than_the_limit_writes_nothing(tmp_path):
+    image = vf_encoder.encode_fixed(bytes(range(256)) * (8 * 4096))
+    inp = cv.Input(_Pipe(image), size=len(image))
+    with pytest.raises(errors.LimitExceeded, match='fixed disk of'):
+        cv.convert(inp, str(tmp_path / 'out.raw'),
+                   limits=cv.Limits(max_size=MiB))
+    assert os.listdir(tmp_path) == []
 
 
 def test_fixed_base_under_a_differencing_child(tmp_path):
