@@ -36,6 +36,7 @@ from tests import fake_images
 from tests import stack_fixture
 from tests.unit import test_driver
 from tests.unit.image import faults
+from tests import vhd_encoder
 from tests import vhd_factory
 from xenapinfs_driver import driver
 from xenapinfs_driver import exception
@@ -103,6 +104,18 @@ def qemu_image(raw, fmt, size=None):
             return f.read()
 
 
+def qemu_read(image, fmt):
+    """The disk qemu-img reads in ``image`` of format ``fmt``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, 'image'), os.path.join(tmp, 'disk.raw')
+        with open(src, 'wb') as f:
+            f.write(image)
+        subprocess.run(['qemu-img', 'convert', '-q', '-f', fmt, '-O', 'raw',
+                        src, dst], check=True)
+        with open(dst, 'rb') as f:
+            return f.read()
+
+
 def run_privsep_in_process(testcase):
     """cinder's qemu_img_info asks privsep's format inspector first.
 
@@ -160,6 +173,40 @@ class StreamDownloadTestCase(StreamImages, test_driver.DriverTestBase):
                                         2: pattern(2 * MiB, 51)})
         vol = self.clone_image(self.add_image(data, 'vhd'))
         self.assert_disk(vol, disk)
+
+    def test_bare_fixed_vhd(self):
+        # glance takes one only with require_image_format_match off; its
+        # footer comes last, so it is checked once the data has come,
+        # and only its data is staged. qemu-img says what disk it holds.
+        disk = pattern(2 * MiB, 52) + bytes(8 * MiB) + pattern(MiB, 53)
+        data = vhd_encoder.encode_fixed(disk)
+        self.assertEqual(disk, qemu_read(data, 'vpc'))
+        sizes = self.staged_sizes()
+        vol = self.clone_image(self.add_image(data, 'vhd'))
+        self.assert_disk(vol, disk)
+        self.assertLessEqual(sizes[0][1], 3 * MiB + 128 * 1024)
+        self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
+    def test_bare_fixed_vhd_refused(self):
+        disk = pattern(2 * MiB, 57)
+        bad_sum = bytearray(vhd_encoder.encode_fixed(disk))
+        bad_sum[-512 + 64] ^= 0xFF          # the footer's checksum
+        too_big = vhd_encoder.encode_fixed(bytes(GiB + MiB))
+        sizes = self.staged_sizes()
+        for data, words in ((bytes(bad_sum), ('footer', 'checksum')),
+                            (disk, ('conectix',)),
+                            (too_big, ('the size of the volume',))):
+            image = self.add_image(data, 'vhd')
+            with self.nothing_leaked():
+                with self.assertRaises(
+                        cinder_exception.ImageUnacceptable) as err:
+                    self.clone_image(image)
+            text = str(err.exception)
+            self.assertIn(image['id'], text)
+            for word in words:
+                self.assertIn(word, text)
+            self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+        self.assertEqual([], sizes)     # nothing reached the host
 
     def test_copy_image_to_volume_keeps_the_vdi(self):
         # What cinder's generic path (image cache on, ovf/vhd) calls.
