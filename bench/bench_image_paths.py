@@ -22,7 +22,10 @@ Then, through cinder's API, it times each path:
 
 * create from ovf/vhd (either image) by the plugin and by the stream
   path, from qcow2 and from raw (stream path);
-* upload to ovf/vhd by the plugin and by the stream path, and to qcow2.
+* upload to ovf/vhd by the plugin and by the stream path, and to qcow2;
+* with ``--fixed``, create from the same disk as a bare fixed VHD (glance's
+  format check off for the run: it takes a fixed VHD for raw data),
+  against the raw image's create.
 
 While each runs it samples, every 50 ms, the bytes allocated in cinder's
 ``image_conversion_dir`` (scratch) and the resident memory of the volume
@@ -64,7 +67,9 @@ from xenapinfs_driver import vhd  # noqa: E402
 from xenapinfs_driver.vhd import image as vhdimage  # noqa: E402
 from xenapinfs_driver.vhd import ops as vhdops  # noqa: E402
 from xenapinfs_driver.vhd import pack  # noqa: E402
+from xenapinfs_driver.vhd import format as fmt  # noqa: E402
 from xenapinfs_driver.vhd import vhdstream  # noqa: E402
+from xenapinfs_driver.vhd import writer  # noqa: E402
 from xenapinfs_driver.xenapi import session as xsession  # noqa: E402
 from xenapinfs_driver.xenapi import transfer  # noqa: E402
 
@@ -159,9 +164,17 @@ def make_chain(work: str, raw: str, size: int, tgz: str) -> None:
         os.unlink(path)
 
 
-def make_images(work: str, size: int, data: int) -> dict:
+def make_images(work: str, size: int, data: int,
+                fixed: bool = False) -> dict:
     raw = os.path.join(work, 'disk.raw')
     make_disk(raw, size, data)
+    out = {}
+    if fixed:
+        out['fixed'] = os.path.join(work, 'fixed.vhd')
+        subprocess.run(['cp', '--sparse=always', raw, out['fixed']],
+                       check=True)
+        with open(out['fixed'], 'ab') as f:
+            f.write(writer.make_footer(size, fmt.DISK_FIXED).to_bytes())
     tgz = os.path.join(work, 'disk.tgz')
     pack.pack(raw, tgz)
     chain = os.path.join(work, 'chain.tgz')
@@ -174,8 +187,9 @@ def make_images(work: str, size: int, data: int) -> dict:
     qcow2 = os.path.join(work, 'disk.qcow2')
     subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
                     qcow2], check=True)
-    return {'raw': raw, 'tgz': tgz, 'qcow2': qcow2, 'dense': dense,
-            'chain': chain}
+    out.update({'raw': raw, 'tgz': tgz, 'qcow2': qcow2, 'dense': dense,
+                'chain': chain})
+    return out
 
 
 # -- sampling ------------------------------------------------------------
@@ -408,6 +422,9 @@ class Run:
             'chain': self.add_image(stack, self.images['chain'], 'vhd',
                                     'ovf'),
         }
+        if 'fixed' in self.images:
+            self.img['fixed'] = self.add_image(stack, self.images['fixed'],
+                                               'vhd', 'bare')
         self.vols = {}
 
     def steps(self):
@@ -437,6 +454,9 @@ class Run:
             create('create raw stream', 'xs_stream', 'raw'),
             create('create chain plugin', 'xs_plugin', 'chain'),
             create('create chain stream', 'xs_stream', 'chain'),
+        ] + ([
+            create('create fixed vhd stream', 'xs_stream', 'fixed'),
+        ] if 'fixed' in self.img else []) + [
             upload('upload ovf/vhd plugin', 'xs_plugin',
                    'create ovf/vhd plugin', 'vhd', 'ovf'),
             upload('upload ovf/vhd stream', 'xs_stream',
@@ -519,8 +539,11 @@ def started(label, code, work, images, args):
                                                              'stream')}
             # qcow2 uploads uncompressed: the driver packs those itself
             # (compressed, cinder's qemu-img converts a second file).
+            # glance takes a bare fixed VHD only with its check off.
             with Stack(os.path.join(root, 'stack'), backends,
                        extra_env={'PYTHONPATH': path},
+                       glance_options={'require_image_format_match': False}
+                       if args.fixed else None,
                        cinder_options={'extra': {'DEFAULT': {
                            'image_compress_on_upload': False}}}) as stack:
                 if old is None:
@@ -606,6 +629,10 @@ def report(after: Run, before: Run | None, data: int) -> None:
     print('  upload ovf/vhd stream / upload ovf/vhd plugin: %.2f' % ratio(
         r['upload ovf/vhd stream']['seconds'],
         r['upload ovf/vhd plugin']['seconds']))
+    if 'create fixed vhd stream' in r:
+        print('  fixed vhd stream create / raw stream create: %.2f' % ratio(
+            r['create fixed vhd stream']['seconds'],
+            r['create raw stream']['seconds']))
     if after.probe:
         for kind, ways in after.probe.items():
             print('  %s raw image, format=raw stream / sparse file + vhd: '
@@ -638,6 +665,10 @@ def main(argv=None) -> int:
                         help='skip the format=raw streaming measurement')
     parser.add_argument('--workdir', help='scratch directory (default: the '
                                           'system temporary directory)')
+    parser.add_argument('--fixed', action='store_true',
+                        help='also time a volume from a bare fixed VHD '
+                             '(glance\'s format check is then off for the '
+                             'run, as such images need)')
     parser.add_argument('--json', help='write the figures to this file')
     args = parser.parse_args(argv)
     if args.data is None:
@@ -648,7 +679,7 @@ def main(argv=None) -> int:
         print('disk: %d MiB virtual, %d MiB of data in 2 MiB blocks; '
               'volumes of %d GiB' % (args.size // MiB, args.data // MiB,
                                      args.volume_gib), flush=True)
-        images = make_images(work, args.size, args.data)
+        images = make_images(work, args.size, args.data, args.fixed)
         after, before = run_all(work, images, args)
         report(after, before, args.data)
         if args.json:
