@@ -11,16 +11,10 @@
 # under the License.
 """cinder-api, cinder-scheduler and cinder-volume as separate processes.
 
-The configuration is what an operator writes for a single-node cinder
-without keystone (reference dependencies.md, section 6): ``auth_strategy =
-noauth`` (the API takes ``X-Auth-Token: user:project`` and makes everyone
-an admin; no project id in the URL), RabbitMQ, sqlite, one section per
-backend. Two settings exist only because there is no sudo here: oslo.privsep
-would start its daemons through ``sudo cinder-rootwrap``; running as root,
-``helper_command`` starts ``privsep-helper`` directly. The processes share
-one sqlite file, whose transactions the stack makes take the write lock
-first (``sqlite_lock``): with oslo.db's plain BEGIN, two volume services
-under load fail with "database is locked".
+The configuration is ``cinder_conf``'s. The processes share one sqlite
+file, whose transactions the stack makes take the write lock first
+(``sqlite_lock``): with oslo.db's plain BEGIN, two volume services under
+load fail with "database is locked".
 
 Ready means: the API answers, and the scheduler lists a pool for every
 backend (``GET /v3/scheduler-stats/get_pools``), which needs each volume
@@ -47,10 +41,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 
+from xenapinfs_driver.testing.stack import cinder_conf
 from xenapinfs_driver.testing.stack import process
 from xenapinfs_driver.testing.stack import sqlite_lock
 
@@ -65,24 +59,8 @@ CLUSTER = 'xenapinfs-cluster'
 # What a volume service logs once its driver is up (init_host, with its
 # start-up clean-up, is done) and its RPC servers consume.
 VOLUME_READY = 'Initializing RPC dependent components of volume driver'
-# The internal tenant the image-volume cache keeps its volumes in.
-INTERNAL_TENANT = ('cinder-internal-user', 'cinder-internal-project')
 # cinder's reinit_driver_count default.
 REINIT_TRIES = 3
-
-
-def _value(value) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return ','.join(str(v) for v in value)
-    return str(value)
-
-
-def _section(name: str, options: dict) -> str:
-    lines = ['[%s]' % name]
-    lines += ['%s = %s' % (k, _value(v)) for k, v in options.items()]
-    return '\n'.join(lines) + '\n\n'
 
 
 class Cinder(process.Service):
@@ -181,82 +159,8 @@ class Cinder(process.Service):
                 return index
         raise ValueError('%r is no volume service of this stack' % host)
 
-    def _volume_conf(self, index: int) -> str | None:
-        """A second config file for a volume service: its host, cluster
-        and private locks (none when there is one service, no cluster and
-        no private locks)."""
-        if self.volume_services == 1 and not self.cluster and \
-                not self.private_locks:
-            return None
-        path = os.path.join(self.workdir, 'volume-%d.conf' % (index + 1))
-        options = {'host': self.volume_host(index)}
-        if self.cluster:
-            options['cluster'] = self.cluster
-        text = _section('DEFAULT', options)
-        if self.private_locks:
-            # The later config file wins: these replace the shared ones.
-            coordination, locks = self._private_lock_dirs(index)
-            text += _section('coordination', {
-                'backend_url': 'file://%s' % coordination})
-            text += _section('oslo_concurrency', {'lock_path': locks})
-        with open(path, 'w') as f:
-            f.write(text)
-        return path
-
-    def _private_lock_dirs(self, index: int) -> tuple[str, str]:
-        """The tooz and oslo.concurrency lock directories of volume
-        service index when its locks are private."""
-        return tuple(os.path.join(self.workdir, '%s-%d' % (kind, index + 1))
-                     for kind in ('coordination', 'locks'))
-
     def ports(self) -> list:
         return [self.port] if self.port else []
-
-    def _config(self) -> str:
-        w = self.workdir
-        etc = os.path.join(sys.prefix, 'etc', 'cinder')
-        helper = '%s --config-file %s' % (process.venv_bin('privsep-helper'),
-                                          self.conf_path)
-        default = {
-            'debug': self.debug,
-            'host': self.host,
-            'my_ip': process.HOST,
-            'state_path': w,
-            'auth_strategy': 'noauth',
-            'transport_url': self.rabbit.transport_url,
-            'api_paste_config': os.path.join(etc, 'api-paste.ini'),
-            'resource_query_filters_file': os.path.join(
-                etc, 'resource_filters.json'),
-            'osapi_volume_listen': process.HOST,
-            'osapi_volume_listen_port': self.port,
-            'osapi_volume_workers': 1,
-            'enabled_backends': list(self.backends),
-            'default_volume_type': self.default_type,
-            'image_conversion_dir': os.path.join(w, 'conversion'),
-            # Stopping must not wait the default 60 s for idle services.
-            'graceful_shutdown_timeout': 5,
-        }
-        if self.glance_url:
-            default['glance_api_servers'] = self.glance_url
-        if self.image_volume_cache:
-            default['cinder_internal_tenant_user_id'] = INTERNAL_TENANT[0]
-            default['cinder_internal_tenant_project_id'] = INTERNAL_TENANT[1]
-        sections = {
-            'DEFAULT': default,
-            'database': {'connection': 'sqlite:///%s/cinder.sqlite' % w},
-            'oslo_concurrency': {'lock_path': os.path.join(w, 'locks')},
-            'coordination': {'backend_url': self.coordination},
-            'cinder_sys_admin': {'helper_command': helper},
-            'privsep_osbrick': {'helper_command': helper},
-        }
-        for name, opts in self.backends.items():
-            opts = dict(opts)
-            if self.image_volume_cache:
-                opts.setdefault('image_volume_cache_enabled', True)
-            sections[name] = opts
-        for name, opts in self.extra.items():
-            sections.setdefault(name, {}).update(opts)
-        return ''.join(_section(n, o) for n, o in sections.items())
 
     def launch(self) -> None:
         """Configure, sync the database and start the services."""
@@ -264,14 +168,14 @@ class Cinder(process.Service):
             os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
         if self.private_locks:
             for index in range(self.volume_services):
-                for path in self._private_lock_dirs(index):
+                for path in cinder_conf.private_lock_dirs(self.workdir, index):
                     os.makedirs(path, exist_ok=True)
         self.port = process.free_port()
         # A backend section may hold a password: readable by us only.
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                      0o600)
         with os.fdopen(fd, 'w') as f:
-            f.write(self._config())
+            f.write(cinder_conf.main_text(self))
         env = dict(os.environ)
         env.update(self.extra_env)
         # Several processes write the one sqlite file: see sqlite_lock.
@@ -291,8 +195,8 @@ class Cinder(process.Service):
         for name in SERVICES[:-1]:
             self.procs.append(self._process(name, name))
         for index, name in enumerate(self.volume_names()):
-            self.procs.append(self._process('cinder-volume', name,
-                                            self._volume_conf(index)))
+            conf = cinder_conf.volume_file(self, index)
+            self.procs.append(self._process('cinder-volume', name, conf))
         for proc in self.procs:
             proc.start()
 
