@@ -25,7 +25,9 @@ Then, through cinder's API, it times each path:
 * upload to ovf/vhd by the plugin and by the stream path, and to qcow2;
 * with ``--fixed``, create from the same disk as a bare fixed VHD (glance's
   format check off for the run: it takes a fixed VHD for raw data),
-  against the raw image's create.
+  against the raw image's create;
+* with ``--compressible`` (half of each data block text), create from a
+  compressed qcow2 of the disk, against the plain qcow2's create.
 
 While each runs it samples, every 50 ms, the bytes allocated in cinder's
 ``image_conversion_dir`` (scratch) and the resident memory of the volume
@@ -92,9 +94,11 @@ def parse_size(text: str) -> int:
 
 # -- the disk and its images --------------------------------------------
 
-def make_disk(path: str, size: int, data: int, seed: int = 15) -> None:
+def make_disk(path: str, size: int, data: int, seed: int = 15,
+              compressible: bool = False) -> None:
     """A sparse raw disk with ``data`` bytes of random data in scattered
-    2 MiB blocks (no two adjacent), as a used file system looks."""
+    2 MiB blocks (no two adjacent), as a used file system looks; with
+    ``compressible``, half of each block is text."""
     rng = random.Random(seed)
     nblocks = size // BLOCK
     want = min(data // BLOCK, nblocks // 2)
@@ -103,7 +107,11 @@ def make_disk(path: str, size: int, data: int, seed: int = 15) -> None:
         f.truncate(size)
         for i in picks:
             f.seek(2 * i * BLOCK)
-            f.write(rng.randbytes(BLOCK))
+            if compressible:
+                text = (b'block %08d of a file system ' % i) * BLOCK
+                f.write(rng.randbytes(BLOCK // 2) + text[:BLOCK // 2])
+            else:
+                f.write(rng.randbytes(BLOCK))
 
 
 def digest(path: str, size: int) -> str:
@@ -164,11 +172,15 @@ def make_chain(work: str, raw: str, size: int, tgz: str) -> None:
         os.unlink(path)
 
 
-def make_images(work: str, size: int, data: int,
-                fixed: bool = False) -> dict:
+def make_images(work: str, size: int, data: int, fixed: bool = False,
+                compressible: bool = False) -> dict:
     raw = os.path.join(work, 'disk.raw')
-    make_disk(raw, size, data)
+    make_disk(raw, size, data, compressible=compressible)
     out = {}
+    if compressible:
+        out['qcow2c'] = os.path.join(work, 'compressed.qcow2')
+        subprocess.run(['qemu-img', 'convert', '-c', '-f', 'raw', '-O',
+                        'qcow2', raw, out['qcow2c']], check=True)
     if fixed:
         out['fixed'] = os.path.join(work, 'fixed.vhd')
         subprocess.run(['cp', '--sparse=always', raw, out['fixed']],
@@ -425,6 +437,9 @@ class Run:
         if 'fixed' in self.images:
             self.img['fixed'] = self.add_image(stack, self.images['fixed'],
                                                'vhd', 'bare')
+        if 'qcow2c' in self.images:
+            self.img['qcow2c'] = self.add_image(
+                stack, self.images['qcow2c'], 'qcow2', 'bare')
         self.vols = {}
 
     def steps(self):
@@ -456,7 +471,9 @@ class Run:
             create('create chain stream', 'xs_stream', 'chain'),
         ] + ([
             create('create fixed vhd stream', 'xs_stream', 'fixed'),
-        ] if 'fixed' in self.img else []) + [
+        ] if 'fixed' in self.img else []) + ([
+            create('create qcow2 compressed stream', 'xs_stream', 'qcow2c'),
+        ] if 'qcow2c' in self.img else []) + [
             upload('upload ovf/vhd plugin', 'xs_plugin',
                    'create ovf/vhd plugin', 'vhd', 'ovf'),
             upload('upload ovf/vhd stream', 'xs_stream',
@@ -633,6 +650,10 @@ def report(after: Run, before: Run | None, data: int) -> None:
         print('  fixed vhd stream create / raw stream create: %.2f' % ratio(
             r['create fixed vhd stream']['seconds'],
             r['create raw stream']['seconds']))
+    if 'create qcow2 compressed stream' in r:
+        print('  compressed qcow2 create / qcow2 create: %.2f' % ratio(
+            r['create qcow2 compressed stream']['seconds'],
+            r['create qcow2 stream']['seconds']))
     if after.probe:
         for kind, ways in after.probe.items():
             print('  %s raw image, format=raw stream / sparse file + vhd: '
@@ -669,6 +690,10 @@ def main(argv=None) -> int:
                         help='also time a volume from a bare fixed VHD '
                              '(glance\'s format check is then off for the '
                              'run, as such images need)')
+    parser.add_argument('--compressible', action='store_true',
+                        help='make half of each data block text, and also '
+                             'time a volume from a compressed qcow2 '
+                             '(qemu-img convert -c) of the disk')
     parser.add_argument('--json', help='write the figures to this file')
     args = parser.parse_args(argv)
     if args.data is None:
@@ -679,7 +704,8 @@ def main(argv=None) -> int:
         print('disk: %d MiB virtual, %d MiB of data in 2 MiB blocks; '
               'volumes of %d GiB' % (args.size // MiB, args.data // MiB,
                                      args.volume_gib), flush=True)
-        images = make_images(work, args.size, args.data, args.fixed)
+        images = make_images(work, args.size, args.data, args.fixed,
+                             args.compressible)
         after, before = run_all(work, images, args)
         report(after, before, args.data)
         if args.json:

@@ -20,9 +20,11 @@ check`` must find no corruption: a file cut short reads as zeros in
 qemu-img, which would make a volume with holes in place of data.
 
 Then ``qemu-img map`` says where the guest's data lies in the file
-(:mod:`.qemu_map`), and the caller packs a :class:`~.qemu_map.MappedDisk`
-over it straight into the VDI: no raw file. When the data cannot be read
-from the file as it is (compressed or encrypted clusters, an odd map),
+(:mod:`.qemu_map`), compressed clusters are found and inflated where they
+lie (:mod:`.qcow2_clusters`, every one checked first), and the caller
+packs a :class:`~.qemu_map.MappedDisk` over it straight into the VDI: no
+raw file. When the data cannot be read from the file as it is (encrypted
+clusters, zstd compression, subclusters, an odd map),
 the image is converted as before (``fallback``: cinder's ``fetch_to_raw``
 into a raw file), with the fetched file lent to cinder so that it is not
 fetched again; the reason is logged once.
@@ -43,6 +45,7 @@ from oslo_utils import units
 
 from xenapinfs_driver.image import pipe
 from xenapinfs_driver.image import precheck
+from xenapinfs_driver.image import qcow2_clusters
 from xenapinfs_driver.image import qemu_map
 
 LOG = logging.getLogger(__name__)
@@ -185,11 +188,12 @@ def open_disk(path, image_id, image_meta, size):
         raise qemu_map.NotMappable('qemu-img map failed: %s' % err)
     try:
         extents = qemu_map.parse(out, info.virtual_size,
-                                 os.path.getsize(path))
+                                 os.path.getsize(path), compressed=True)
+        return qemu_map.MappedDisk(path, info.virtual_size, extents,
+                                   name='image %s' % image_id,
+                                   inflater=qcow2_clusters.Clusters)
     except qemu_map.Damaged as exc:
         raise _refuse(image_id, str(exc)) from exc
-    return qemu_map.MappedDisk(path, info.virtual_size, extents,
-                               name='image %s' % image_id)
 
 
 def _check(path, image_id, limits):

@@ -18,10 +18,15 @@ can be read straight from the file, so the qcow2 file is the only local
 copy of the image: no raw file. :class:`MappedDisk` is such a disk, with
 the interface ``vhdstream.PackedVhd`` packs (``pack.Disk``'s).
 
-A map that cannot be read that way (compressed or encrypted clusters,
-data without an offset, gaps, overlapping host ranges, a backing layer,
-more output than :data:`MAX_MAP_BYTES`) raises :class:`NotMappable`, and
-the caller converts the image with qemu-img instead. Data that the map
+Data without an offset is compressed clusters (the caller has refused
+encrypted images): :func:`parse` gives them offset None, and the disk
+inflates them where they lie (:mod:`.qcow2_clusters`), once to check them
+all before anything is written, and again as they are sent.
+
+A map that cannot be read that way (gaps, overlapping host ranges, a
+backing layer, more output than :data:`MAX_MAP_BYTES`, compressed clusters
+of a kind not read here) raises :class:`NotMappable`, and the caller
+converts the image with qemu-img instead. Data that the map
 puts past the end of the file raises :class:`Damaged`: the file is cut
 short, and the image is refused.
 """
@@ -124,11 +129,13 @@ def _int(item, key, index):
     return value
 
 
-def parse(text, virtual_size, file_size):
+def parse(text, virtual_size, file_size, compressed=False):
     """The data extents of a JSON map: ``[(start, end, offset)]``.
 
     Guest bytes ``start..end`` are the file's bytes from ``offset``; the
     rest of the disk reads as zeros. Sorted, merged where contiguous.
+    ``compressed``: data without an offset is taken (offset None), not
+    refused.
     """
     try:
         items = json.loads(text)
@@ -163,24 +170,30 @@ def parse(text, virtual_size, file_size):
             raise NotMappable('guest bytes %d+%d are neither data nor '
                               'zeros' % (start, length))
         if 'offset' not in item:
-            raise NotMappable('guest bytes %d+%d are not stored plainly in '
-                              'the file (compressed or encrypted clusters)'
-                              % (start, length))
+            if not compressed:
+                raise NotMappable('guest bytes %d+%d are not stored '
+                                  'plainly in the file (compressed or '
+                                  'encrypted clusters)' % (start, length))
+            if found and found[-1][1] == start and found[-1][2] is None:
+                found[-1] = (found[-1][0], pos, None)
+            else:
+                found.append((start, pos, None))
+            continue
         offset = _int(item, 'offset', index)
         if offset + length > file_size:
             raise Damaged('its map puts guest bytes %d+%d at file offset '
                           '%d, past the end of the file (%d bytes): the '
                           'file is cut short'
                           % (start, length, offset, file_size))
-        if found and found[-1][1] == start and \
-                found[-1][2] + start - found[-1][0] == offset:
+        if found and found[-1][1] == start and found[-1][2] is not None \
+                and found[-1][2] + start - found[-1][0] == offset:
             found[-1] = (found[-1][0], pos, found[-1][2])
         else:
             found.append((start, pos, offset))
     if pos != virtual_size:
         raise NotMappable('its map covers %d bytes of a %d-byte disk'
                           % (pos, virtual_size))
-    hosts = sorted((o, o + e - s) for s, e, o in found)
+    hosts = sorted((o, o + e - s) for s, e, o in found if o is not None)
     for (_, end), (start, _) in zip(hosts, hosts[1:]):
         if start < end:
             raise NotMappable('two extents of its map share the file bytes '
@@ -190,9 +203,17 @@ def parse(text, virtual_size, file_size):
 
 class MappedDisk:
     """The guest disk of the qcow2 file at ``path``, read through its
-    data ``extents`` (from :func:`parse`); ``name`` appears in errors."""
+    data ``extents`` (from :func:`parse`); ``name`` appears in errors.
 
-    def __init__(self, path, virtual_size, extents, name=None):
+    ``inflater(fd, file_size, name)`` reads the extents without an offset
+    (a ``qcow2_clusters.Clusters``); it checks them all here.
+
+    :raises Damaged: a compressed cluster is damaged.
+    :raises NotMappable: compressed clusters of a kind not read here.
+    """
+
+    def __init__(self, path, virtual_size, extents, name=None,
+                 inflater=None):
         self.name = name or path
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.size = virtual_size
@@ -201,6 +222,27 @@ class MappedDisk:
         self.nblocks = -(-virtual_size // BLOCK)
         self.extents = extents
         self._starts = [s for s, _, _ in extents]
+        self.clusters = None
+        # Which blocks compressed clusters put data in (one byte each).
+        self._inflated_data = None
+        try:
+            self._check_compressed(inflater)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_compressed(self, inflater):
+        packed = [(s, e) for s, e, o in self.extents if o is None]
+        if not packed:
+            return
+        if inflater is None:
+            raise NotMappable('compressed clusters, and nothing to inflate '
+                              'them')
+        self.clusters = inflater(self.fd, os.fstat(self.fd).st_size,
+                                 self.name)
+        self._inflated_data = bytearray(self.nblocks)
+        for start, stop in packed:
+            self.clusters.verify(start, stop, BLOCK, self._inflated_data)
 
     def close(self):
         if self.fd is not None:
@@ -235,8 +277,17 @@ class MappedDisk:
             lo, hi = max(start, offset), min(stop, end)
             if lo < hi:
                 out[lo - offset:hi - offset] = self._host(
-                    hi - lo, host + lo - start)
+                    hi - lo, host + lo - start) if host is not None else \
+                    self._inflated(lo, hi - lo)
         return bytes(out)
+
+    def _inflated(self, offset, n):
+        try:
+            return self.clusters.read(offset, n)
+        except (Damaged, NotMappable) as exc:
+            # Checked when opened: the file changed since.
+            raise vhd_errors.VhdError('%s: changed while being read'
+                                      % exc, source=self.name) from None
 
     def nonzero_blocks(self, read):
         """The blocks holding a non-zero byte, ascending: only data
@@ -249,7 +300,10 @@ class MappedDisk:
                     continue
                 lo = max(start, idx * BLOCK)
                 hi = min(stop, (idx + 1) * BLOCK)
-                if self._has_data(host + lo - start, hi - lo, read):
+                if host is None:
+                    if self._inflated_data[idx]:
+                        found.append(idx)
+                elif self._has_data(host + lo - start, hi - lo, read):
                     found.append(idx)
         return found
 

@@ -30,6 +30,7 @@ from oslo_utils import units
 import pytest
 
 from tests.unit.image import test_download as dl
+from tests.unit.image import test_qcow2_clusters
 from tests.unit import test_driver
 from xenapinfs_driver.image import stream_in
 
@@ -215,15 +216,52 @@ class Qcow2TestCase(Qcow2Base):
             self.vhd_file(vol), 'vpc') if e['data']}
         self.assertNotIn(2, stored)     # 4-6 MiB: all zero clusters
 
-    def test_compressed_image_is_converted_fetched_once(self):
-        src = self.path('c.qcow2')
-        # Compressible: qemu-img stores a cluster plainly when compressing
-        # it does not make it smaller.
+    def compressible(self):
+        """A raw disk of compressible text, zeros and random data (which
+        qemu-img stores plainly: compressing it would not shrink it)."""
         with open(self.path('disk.raw'), 'wb') as f:
             f.write(b'compressible' * (MiB // 4) + bytes(MiB) +
-                    pattern(MiB, 6))
+                    pattern(MiB, 6) + b'tail' * 1000)
+        return self.path('disk.raw')
+
+    def test_compressed_clusters_are_inflated_in_place(self):
+        # Published cloud images are compressed qcow2 files: still one
+        # local copy, the file itself.
+        src = self.path('c.qcow2')
         qemu('convert', '-c', '-f', 'raw', '-O', 'qcow2',
-             self.path('disk.raw'), src)
+             self.compressible(), src)
+        self.assertTrue(any(e['data'] and 'offset' not in e
+                            for e in qemu_map_of(src)))
+        self.no_conversion()
+        seen = self.watch_import()
+        vol = self.create(self.add(src))
+        self.assert_volume(vol, src)
+        with open(self.path('disk.raw'), 'rb') as f:
+            self.assert_disk(vol, f.read())
+        (names, used, kind), = seen
+        self.assertEqual('MappedDisk', kind)
+        self.assertEqual(1, len(names), names)
+        self.assertLessEqual(used, os.path.getsize(src))
+        self.assertEqual([], os.listdir(CONF.image_conversion_dir))
+
+    def test_damaged_compressed_cluster_is_refused_before_writing(self):
+        # qemu-img check does not inflate clusters: the driver does, all
+        # of them, before the volume is touched.
+        src = self.path('d.qcow2')
+        qemu('convert', '-c', '-f', 'raw', '-O', 'qcow2',
+             self.compressible(), src)
+        offset, _length = test_qcow2_clusters._first_compressed(src)
+        with open(src, 'r+b') as f:
+            f.seek(offset)
+            f.write(b'\xff' * 64)
+        self.no_conversion()
+        self.refused(self.add(src), 'compressed guest cluster 0',
+                     'file offset %d' % offset)
+
+    def test_zstd_compressed_image_is_converted_fetched_once(self):
+        src = self.path('z.qcow2')
+        qemu('convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o',
+             'compression_type=zstd', self.compressible(), src)
         image = self.add(src)
         fetches, real_fetch = [], self.images.download
 
@@ -241,7 +279,7 @@ class Qcow2TestCase(Qcow2Base):
         self.assertEqual([image['id']], converted)
         self.assertEqual(1, log.output.count('cannot be read from the '
                                              'qcow2 file'))
-        self.assertIn('compressed', log.output)
+        self.assertIn('not zlib', log.output)
         self.assertEqual([], os.listdir(CONF.image_conversion_dir))
 
     def test_a_copy_cinder_holds_is_used_as_it_is(self):
