@@ -12,6 +12,7 @@ Disk contents are checked through the XenAPI server (our own session,
 """
 
 import io
+import json
 import os
 import random
 import subprocess
@@ -166,19 +167,34 @@ def _wait_snapshot(stack, snap, status='available', timeout=60):
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize('fmt', ['qcow2', 'raw'])
+@pytest.mark.parametrize('fmt', ['qcow2', 'qcow2-compressed', 'raw'])
 def test_other_formats(stack, xs, tmp_path, fmt):
-    data = random.Random(fmt).randbytes(5 * MiB) + bytes(3 * MiB)
+    data = random.Random(fmt).randbytes(5 * MiB) + bytes(3 * MiB) + \
+        (b'compressible text ' * MiB)[:2 * MiB]
     raw = tmp_path / 'disk.raw'
     raw.write_bytes(data)
     path = raw
-    if fmt == 'qcow2':
+    if fmt.startswith('qcow2'):
         path = tmp_path / 'disk.qcow2'
-        subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2',
-                        str(raw), str(path)], check=True)
-    image_id = _image(stack, path, fmt, 'bare')
+        subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2'] +
+                       (['-c'] if fmt == 'qcow2-compressed' else []) +
+                       [str(raw), str(path)], check=True)
+    if fmt == 'qcow2-compressed':
+        extents = json.loads(subprocess.run(
+            ['qemu-img', 'map', '--output=json', str(path)], check=True,
+            capture_output=True).stdout)
+        assert any(e['data'] and 'offset' not in e for e in extents)
+    image_id = _image(stack, path, fmt.split('-')[0], 'bare')
     vid = _create(stack, 'xs_stream', image_id)
     _assert_disk(_disk(xs, vid, tmp_path), data, GiB)
+    if fmt.startswith('qcow2'):
+        # Read from the qcow2 file, compressed clusters too: no raw copy.
+        log = stack.log_paths()['cinder-volume']
+        with open(log, errors='replace') as f:
+            lines = [line for line in f if image_id in line]
+        assert any(' written to ' in line for line in lines), lines
+        assert not [line for line in lines if 'converting it' in line], \
+            lines
 
 
 def test_upload_to_qcow2(stack, xs, tmp_path):

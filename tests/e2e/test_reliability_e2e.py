@@ -570,6 +570,15 @@ def test_crash_mid_copy_then_delete_and_retry(stack, xs, control, xapi,
     mark('retry %s available' % retry)
     assert_disk(xs, retry, image.disk, GiB, str(tmp_path))
     mark('retry bytes checked')
+    # The held copy was the path named: on the stream path the bare VHD
+    # passes from glance into the import with no local copy.
+    how = {'stream': 'VHD passed through', 'plugin': 'dom0 plugin'}[path]
+    written = []
+    for name in stack.cinder.volume_names():
+        with open(stack.log_paths()[name], errors='replace') as f:
+            written += [line for line in f if image.id in line and
+                        'written to new VDI' in line]
+    assert written and all(how in line for line in written), written
     assert_sr_matches_cinder(stack, xs, control, xapi, tasks=False)
     # The killed service could not destroy its task; it has ended, and
     # XAPI's own clean-up of dead sessions' tasks takes it.
