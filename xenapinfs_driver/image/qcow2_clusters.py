@@ -78,7 +78,9 @@ class Clusters:
             if incompatible & COMPRESSION_TYPE and header_length > 104 \
                     and len(head) > 104:
                 compression = head[104]
-        if incompatible & ~KNOWN or incompatible & (DATA_FILE |
+        # A corrupt image is qemu's to judge; the other two change what
+        # an L2 entry means or where the data is.
+        if incompatible & ~KNOWN or incompatible & (CORRUPT | DATA_FILE |
                                                     EXTENDED_L2):
             raise qemu_map.NotMappable('incompatible features %#x'
                                        % incompatible)

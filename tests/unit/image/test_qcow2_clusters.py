@@ -149,6 +149,24 @@ def test_other_kinds_are_left_to_qemu_img(tmp_path, options, words):
         _open(image, size)
 
 
+@pytest.mark.parametrize('bit', [1, 5])
+def test_corrupt_or_unknown_feature_bits_are_not_read(tmp_path, bit):
+    size = 4 * MiB
+    image = _compressed(tmp_path, _disk(size, 8))
+    with open(image, 'r+b') as f:
+        f.seek(72)
+        features, = struct.unpack('>Q', f.read(8))
+        f.seek(72)
+        f.write(struct.pack('>Q', features | 1 << bit))
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        with pytest.raises(qemu_map.NotMappable,
+                           match='incompatible features'):
+            qcow2_clusters.Clusters(fd, os.path.getsize(image), 'img')
+    finally:
+        os.close(fd)
+
+
 def test_without_an_inflater_compressed_data_is_not_mappable(tmp_path):
     size = 4 * MiB
     image = _compressed(tmp_path, _disk(size, 6))
