@@ -123,18 +123,14 @@ class Qcow2Out:
                            'little').bit_count()
             for i in range(self.l1_size)]
         self.l2_tables = sum(1 for n in self._l2_counts if n)
+        self._place(self.stored)
+
+    def _place(self, data_clusters: int) -> None:
+        """The offsets of the tables, for ``data_clusters`` clusters of
+        data after them."""
         l1_clusters = _clusters(self.l1_size * 8)
-        fixed = 1 + l1_clusters + self.l2_tables + self.stored
-        # The refcount blocks count themselves and the table that points
-        # at them: grow both until they cover every cluster of the file.
-        blocks, table = 0, 1
-        while True:
-            total = fixed + table + blocks
-            need_blocks = -(-total // RC_ENTRIES)
-            need_table = _clusters(need_blocks * 8)
-            if (need_blocks, need_table) == (blocks, table):
-                break
-            blocks, table = need_blocks, need_table
+        table, blocks, total = refcount_layout(
+            1 + l1_clusters + self.l2_tables + data_clusters)
         self.total_clusters = total
         self.l1_offset = CLUSTER
         self.rt_offset = self.l1_offset + l1_clusters * CLUSTER
@@ -144,7 +140,7 @@ class Qcow2Out:
         self.l2_offset = self.rb_offset + blocks * CLUSTER
         self.data_offset = self.l2_offset + self.l2_tables * CLUSTER
         self.length = total * CLUSTER
-        if self.data_offset + self.stored * CLUSTER != self.length:
+        if self.data_offset + data_clusters * CLUSTER != self.length:
             raise AssertionError('qcow2 layout does not add up')
 
     # -- the image -----------------------------------------------------------
@@ -168,10 +164,15 @@ class Qcow2Out:
             '>%dQ' % self.rb_count,
             *(self.rb_offset + k * CLUSTER for k in range(self.rb_count))))
         for k in range(self.rb_count):
-            ones = min(RC_ENTRIES, self.total_clusters - k * RC_ENTRIES)
-            yield _padded(b'\x00\x01' * ones)
+            yield _padded(self._refcount_block(k))
         yield from self._l2_tables()
         yield from self._data()
+
+    def _refcount_block(self, k: int) -> bytes:
+        """The refcounts of the clusters block k counts, big-endian:
+        every cluster of this file is referenced once."""
+        ones = min(RC_ENTRIES, self.total_clusters - k * RC_ENTRIES)
+        return b'\x00\x01' * ones
 
     def _header(self) -> bytes:
         head = _HEADER.pack(
@@ -193,17 +194,21 @@ class Qcow2Out:
         return struct.pack('>%dQ' % len(entries), *entries)
 
     def _l2_tables(self):
-        nth = 0         # data clusters before this table's first
+        entries = self._entries()
         for i, count in enumerate(self._l2_counts):
             if not count:
                 continue
             table = [0] * L2_ENTRIES
             base = i * L2_ENTRIES
             for idx in self._set(base, base + L2_ENTRIES):
-                table[idx - base] = (self.data_offset + nth * CLUSTER) \
-                    | COPIED
-                nth += 1
+                table[idx - base] = next(entries)
             yield struct.pack('>%dQ' % L2_ENTRIES, *table)
+
+    def _entries(self):
+        """The L2 entries of the data clusters, in the disk's order: here
+        the clusters are stored in that order, one after another."""
+        for nth in range(self.stored):
+            yield (self.data_offset + nth * CLUSTER) | COPIED
 
     def _set(self, lo: int, hi: int):
         """The clusters in [lo, hi) holding data, ascending (lo and hi
@@ -236,6 +241,21 @@ class Qcow2Out:
             # The last cluster runs past the disk: the rest is zero.
             data += bytes(count * CLUSTER - n)
         return data
+
+
+def refcount_layout(fixed: int) -> tuple:
+    """(refcount table clusters, refcount blocks, clusters of the file)
+    for a file of ``fixed`` clusters besides its refcount structures."""
+    # The refcount blocks count themselves and the table that points at
+    # them: grow both until they cover every cluster of the file.
+    blocks, table = 0, 1
+    while True:
+        total = fixed + table + blocks
+        need_blocks = -(-total // RC_ENTRIES)
+        need_table = _clusters(need_blocks * 8)
+        if (need_blocks, need_table) == (blocks, table):
+            return table, blocks, total
+        blocks, table = need_blocks, need_table
 
 
 def _padded(data: bytes) -> bytes:
