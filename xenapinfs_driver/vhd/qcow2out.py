@@ -123,7 +123,12 @@ class Qcow2Out:
                            'little').bit_count()
             for i in range(self.l1_size)]
         self.l2_tables = sum(1 for n in self._l2_counts if n)
-        self._place(self.stored)
+        self._place(self._data_clusters())
+
+    def _data_clusters(self) -> int:
+        """Clusters of the file after the L2 tables: one a data cluster.
+        """
+        return self.stored
 
     def _place(self, data_clusters: int) -> None:
         """The offsets of the tables, for ``data_clusters`` clusters of
