@@ -39,9 +39,9 @@ def _backend(mode, url):
 def stack(tmp_path_factory, xapi):
     backends = {'xs_plugin': _backend('plugin', xapi.url),
                 'xs_stream': _backend('stream', xapi.url)}
-    # Uploads not compressed by cinder, so that a qcow2 upload is the
-    # driver's own packing (test_upload_to_qcow2); compressed, it is
-    # cinder's upload_volume, which the image unit tests run.
+    # Uploads not compressed, so that test_upload_to_qcow2 runs the
+    # driver's uncompressed packing; the image unit tests run the
+    # compressed one (image_compress_on_upload on, cinder's default).
     with stack_fixture.running_stack(
             tmp_path_factory, backends,
             cinder_options={'image_volume_cache': True, 'extra': {

@@ -35,17 +35,21 @@ def kind(image_meta):
 
 
 def packs_qcow2(image_meta):
-    """Whether the stream path packs an upload as qcow2 itself: when
-    cinder's ``image_compress_on_upload`` is off, in any container but
-    ``compressed`` (which cinder's ``upload_volume`` compresses after
-    converting, with its accelerator, on a file). The driver's qcow2 is
-    uncompressed (its layout is known before its data is read: one local
-    copy, no second file); with the option on, as it is by default,
-    cinder's qemu-img writes compressed clusters, as operators expect."""
+    """Whether the stream path packs an upload as qcow2 itself: in any
+    container but ``compressed`` (which cinder's ``upload_volume``
+    compresses after converting, with its accelerator, on a file). One
+    local copy, no second file, with cinder's ``image_compress_on_upload``
+    on or off (see :func:`compresses_qcow2`)."""
     image_meta = image_meta or {}
     return (image_meta.get('disk_format') == 'qcow2' and
-            image_meta.get('container_format') != 'compressed' and
-            not image_utils.CONF.image_compress_on_upload)
+            image_meta.get('container_format') != 'compressed')
+
+
+def compresses_qcow2():
+    """Whether the driver's qcow2 has compressed clusters, as qemu-img's
+    would: cinder's ``image_compress_on_upload`` (on by default). They
+    cost a second pass over the disk (CPU, not space)."""
+    return bool(image_utils.CONF.image_compress_on_upload)
 
 
 def endpoint(context):

@@ -24,7 +24,8 @@
   ``image_conversion_dir`` (the one copy), which is packed and
   compressed straight into glance's upload;
 * a qcow2 image: the same raw file (the one copy), packed as a qcow2
-  image on the fly straight into glance's upload (``vhd.qcow2out``);
+  image on the fly straight into glance's upload (``vhd.qcow2out``;
+  ``vhd.qcow2c`` for compressed clusters, which reads the file twice);
 * other formats: the same raw file, which cinder's ``upload_volume``
   converts with qemu-img (its own output is a second file, for the time
   of the upload).
@@ -39,6 +40,7 @@ from xenapinfs_driver.image import pipe
 from xenapinfs_driver.image import stream_in
 from xenapinfs_driver import vhd
 from xenapinfs_driver.vhd import passthrough
+from xenapinfs_driver.vhd import qcow2c
 from xenapinfs_driver.vhd import qcow2out
 from xenapinfs_driver.vhd import vhdstream
 from xenapinfs_driver.xenapi import transfer
@@ -139,18 +141,26 @@ def send_tgz(raw, send, level):
         raw, write, level=level, offload=offload()), send))
 
 
-def send_qcow2(raw, send, source):
-    """``send(fileobj)`` the raw disk as a qcow2 image, packed on the fly
-    (no compression: its length is known before the first byte).
+def send_qcow2(raw, send, source, compress=False):
+    """``send(fileobj)`` the raw disk as a qcow2 image, packed on the fly;
+    its length is known before the first byte: with ``compress``, because
+    a first pass compresses every cluster to learn its size.
 
     :param source: what errors call the disk (the VDI, the image).
     :raises VhdError: the disk is larger than the writer's limit, or
         changed while being read: raised into the upload before its end.
     """
-    with qcow2out.Qcow2Out(raw, source=source) as image:
+    if compress:
+        image = qcow2c.Qcow2C(raw, source=source, offload=offload())
+    else:
+        image = qcow2out.Qcow2Out(raw, source=source)
+    with image:
         LOG.debug('%(src)s: qcow2 image of %(n)d bytes, %(data)d data '
-                  'clusters', {'src': source, 'n': image.length,
-                               'data': image.stored})
+                  'clusters%(how)s', {
+                      'src': source, 'n': image.length,
+                      'data': image.stored,
+                      'how': ', %d compressed' % image.compressed
+                      if compress else ''})
         _send_made(image.write_to, send)
 
 

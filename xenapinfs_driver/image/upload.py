@@ -20,9 +20,10 @@ disk; the snapshot is destroyed afterwards, whatever happens.
   path, one ``0.vhd`` holding the consolidated disk.
 * any other container with ``vhd``: one dynamic VHD (cinder 29's own
   ``vhd`` upload runs qemu-img, whose output XenServer does not resize).
-* ``qcow2`` (except in a ``compressed`` container) when cinder's
-  ``image_compress_on_upload`` is off: the raw disk packed as qcow2 by
-  the driver (``vhd.qcow2out``), uncompressed (``meta.packs_qcow2``).
+* ``qcow2`` (except in a ``compressed`` container): the raw disk packed
+  as qcow2 by the driver (``meta.packs_qcow2``), with compressed clusters
+  when cinder's ``image_compress_on_upload`` is on (``vhd.qcow2c``, two
+  passes over the disk), uncompressed when it is off (``vhd.qcow2out``).
 * other formats: the raw disk through cinder's ``image_utils``, which
   converts with qemu-img.
 
@@ -128,7 +129,8 @@ class Uploader:
             with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
                                          image_id) as raw:
                 stream_out.send_qcow2(raw, send, 'disk of image %s (VDI %s)'
-                                      % (image_id, snap_uuid))
+                                      % (image_id, snap_uuid),
+                                      compress=meta.compresses_qcow2())
             return
         with stream_out.exported_raw(self.session, snap, self.tmp_prefix,
                                      image_id) as raw:

@@ -53,16 +53,18 @@ def test_kind_of_nothing():
     ('bare', 'raw', False),
 ])
 def test_packs_qcow2(container, disk, want):
-    image_utils.CONF.set_override('image_compress_on_upload', False)
-    try:
-        assert meta.packs_qcow2({'container_format': container,
-                                 'disk_format': disk}) is want
-        assert meta.packs_qcow2(None) is False
-    finally:
-        image_utils.CONF.clear_override('image_compress_on_upload')
-    # cinder's default: compressed by its qemu-img, as operators expect.
-    assert meta.packs_qcow2({'container_format': container,
-                             'disk_format': disk}) is False
+    # Compressed on upload or not: the driver packs either.
+    for compress in (False, True):
+        image_utils.CONF.set_override('image_compress_on_upload', compress)
+        try:
+            assert meta.packs_qcow2({'container_format': container,
+                                     'disk_format': disk}) is want
+            assert meta.packs_qcow2(None) is False
+            assert meta.compresses_qcow2() is compress
+        finally:
+            image_utils.CONF.clear_override('image_compress_on_upload')
+    # cinder's default: compressed clusters, as operators expect.
+    assert meta.compresses_qcow2() is True
 
 
 class GlanceFromDom0TestCase(test.TestCase):

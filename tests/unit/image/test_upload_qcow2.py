@@ -10,9 +10,10 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 """A qcow2 image uploaded by the stream path: the one raw file packed
-into glance's upload as it is written, with no second file; judged by
-qemu-img against the volume's disk; and the faults, each of which leaves
-no image, no snapshot, no task and no file behind."""
+into glance's upload as it is written, with no second file, uncompressed
+or compressed (cinder's image_compress_on_upload); judged by qemu-img
+against the volume's disk; and the faults, each of which leaves no image,
+no snapshot, no task and no file behind."""
 
 import json
 import os
@@ -28,6 +29,7 @@ from tests import stack_fixture
 from tests.unit.image import test_download
 from tests.unit.image import test_upload
 from xenapinfs_driver.vhd import errors
+from xenapinfs_driver.vhd import qcow2c
 from xenapinfs_driver.vhd import qcow2out
 
 MiB = test_upload.MiB
@@ -38,18 +40,23 @@ disk_data = test_upload.disk_data
 
 class Qcow2Mixin:
 
+    # cinder's image_compress_on_upload: compressed clusters or not.
+    compress = False
+
     def setUp(self):
         super().setUp()
-        # The driver packs qcow2 itself only when cinder would not
-        # compress it (its default is to).
-        self.override_config('image_compress_on_upload', False)
+        self.override_config('image_compress_on_upload', self.compress)
 
     def assert_qcow2_of(self, data, vol):
-        """data is a clean qcow2 image of the volume's whole disk."""
+        """data is a clean qcow2 image of the volume's whole disk; its
+        compressed extents (no offset in the file), in bytes."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self.saved(tmp, data, 'up.qcow2')
             subprocess.run(['qemu-img', 'check', '-q', '-f', 'qcow2', path],
                            check=True)
+            extents = json.loads(subprocess.run(
+                ['qemu-img', 'map', '--output=json', '-f', 'qcow2', path],
+                check=True, capture_output=True).stdout)
             info = json.loads(subprocess.run(
                 ['qemu-img', 'info', '--output=json', '-f', 'qcow2', path],
                 check=True, capture_output=True).stdout)
@@ -59,6 +66,11 @@ class Qcow2Mixin:
                                       '-F', 'qcow2', raw, path],
                                      capture_output=True, text=True)
             self.assertEqual(0, out.returncode, out.stdout + out.stderr)
+        packed = sum(e['length'] for e in extents
+                     if e['data'] and 'offset' not in e)
+        if not self.compress:
+            self.assertEqual(0, packed)
+        return packed
 
 
 class StreamQcow2TestCase(Qcow2Mixin, test_upload.StreamUploadTestCase):
@@ -100,18 +112,13 @@ class StreamQcow2TestCase(Qcow2Mixin, test_upload.StreamUploadTestCase):
         self.write(self.vol, test_upload.pattern(MiB, 70))
         self.assert_qcow2_of(self.upload('qcow2', 'ovf'), self.vol)
 
-    def test_compressed_on_upload_by_default_is_cinders(self):
-        self.override_config('image_compress_on_upload', True)
-        meta = self.new_image()
-        real = image_utils.upload_volume
-        with mock.patch.object(image_utils, 'upload_volume',
-                               side_effect=real) as upload, \
-                mock.patch.object(qcow2out, 'Qcow2Out',
-                                  side_effect=AssertionError('packed')):
-            self.driver.copy_volume_to_image(self.context, self.vol,
-                                             self.images, meta)
-        self.assertEqual(1, upload.call_count)
-        self.assert_qcow2_of(self.images.data(meta['id']), self.vol)
+    def test_the_packer_follows_the_option(self):
+        # Only the packer of the option's kind runs.
+        unwanted = (qcow2out, 'Qcow2Out') if self.compress else \
+            (qcow2c, 'Qcow2C')
+        with mock.patch.object(*unwanted,
+                               side_effect=AssertionError('packed')):
+            self.assert_qcow2_of(self.upload('qcow2'), self.vol)
 
     def test_a_compressed_container_is_cinders(self):
         meta = self.new_image('compressed')
@@ -167,6 +174,52 @@ class StreamQcow2TestCase(Qcow2Mixin, test_upload.StreamUploadTestCase):
         self.assertIsNone(self.images.data(meta['id']))
 
 
+class StreamQcow2cTestCase(StreamQcow2TestCase):
+    """The same, with image_compress_on_upload on (cinder's default): the
+    driver's compressed packer, two passes over the one raw file."""
+
+    compress = True
+
+    def test_compressible_data_is_compressed(self):
+        text = b''.join(b'line %d of a text file on the volume\n' % i
+                        for i in range(200000))[:6 * MiB]
+        self.write(self.vol, text)
+        data = self.upload('qcow2')
+        self.assertLess(len(data), MiB)
+        self.assertEqual(6 * MiB, self.assert_qcow2_of(data, self.vol))
+
+    def test_the_disk_failing_mid_image(self):
+        # The second pass fails at its first compressed cluster, after
+        # the plain ones went to glance: the writer's own failure is the
+        # upload's.
+        real = qcow2c.Qcow2C._squeezed
+        passes = []
+
+        def fail(image, indices):
+            passes.append(indices)
+            for n, got in enumerate(real(image, indices)):
+                if len(passes) == 2 and n == 0:
+                    raise errors.Truncated('ends early',
+                                           source=image.disk.name)
+                yield got
+        with mock.patch.object(qcow2c.Qcow2C, '_squeezed', fail):
+            self.assert_fails_cleanly(errors.Truncated, 'disk of image',
+                                      'ends early')
+        self.assertEqual(2, len(passes))
+
+    def test_a_disk_changed_between_the_passes(self):
+        real = qcow2c.Qcow2C._lay_out
+
+        def lay_out(image):
+            real(image)
+            # As if the disk changed after the first pass.
+            last = max(i for i, n in enumerate(image.lengths) if n)
+            image.lengths[last] -= 1
+        with mock.patch.object(qcow2c.Qcow2C, '_lay_out', lay_out):
+            self.assert_fails_cleanly(errors.VhdError, 'disk of image',
+                                      'changed while being read')
+
+
 glance_service = stack_fixture.glance_service
 _glance = test_download._glance
 
@@ -198,3 +251,9 @@ class GlanceQcow2TestCase(Qcow2Mixin, test_download.GlanceCaller,
         self.assertEqual(200, status)
         self.assertEqual(shown['size'], len(body))
         self.assert_qcow2_of(body, self.vol)
+
+
+class GlanceQcow2cTestCase(GlanceQcow2TestCase):
+    """Compressed clusters into glance-api, whose inspector reads them."""
+
+    compress = True
