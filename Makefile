@@ -53,6 +53,7 @@ bench: system-deps venv
 	$(BIN)/python bench/bench_convert.py $(ARGS)
 	$(BIN)/python bench/bench_pack.py $(ARGS)
 	$(BIN)/python bench/bench_image_paths.py $(ARGS)
+	$(BIN)/python bench/bench_qcow2_upload.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info build dist
