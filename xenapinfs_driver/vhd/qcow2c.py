@@ -161,6 +161,8 @@ class Qcow2C(qcow2out.Qcow2Out):
         return counts.tobytes()
 
     def _entries(self):
+        """Plain clusters from ``data_offset`` one after another, the
+        compressed ones byte after byte from ``area_offset``."""
         plain, pos = 0, 0
         for n in self.lengths:
             if n:

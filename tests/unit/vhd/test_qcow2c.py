@@ -16,6 +16,7 @@ compressed extents where the data shrinks)."""
 import json
 import os
 import random
+import struct
 import subprocess
 from unittest import mock
 
@@ -214,6 +215,22 @@ def test_a_wrong_refcount_is_caught(tmp_path):
             path, _ = pack(tmp_path, raw, 'bad%d.qcow2' % delta)
         got, report = check(path)
         assert got == status, report
+
+
+def test_refcount_blocks_across_the_compressed_area():
+    # More clusters than one block counts, without packing gigabytes:
+    # the blocks joined are ones up to the area, then its refcounts.
+    image = object.__new__(qcow2c.Qcow2C)
+    image.total_clusters = qcow2out.RC_ENTRIES + 5000
+    image.area_offset = (qcow2out.RC_ENTRIES - 7) * CLUSTER
+    image._area = qcow2c.array.array(
+        'H', [(i % 5) + 1 for i in range(5007)])
+    blocks = [image._refcount_block(k) for k in range(2)]
+    assert [len(b) for b in blocks] == [2 * qcow2out.RC_ENTRIES, 2 * 5000]
+    counts = struct.unpack('>%dH' % image.total_clusters, b''.join(blocks))
+    assert counts[:qcow2out.RC_ENTRIES - 7] == (1,) * (
+        qcow2out.RC_ENTRIES - 7)
+    assert list(counts[qcow2out.RC_ENTRIES - 7:]) == list(image._area)
 
 
 @needs_qemu
