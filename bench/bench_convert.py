@@ -659,23 +659,34 @@ def parse_args(argv, doc: str, repeat: int, scratch: str):
     return args
 
 
+def in_workdir(name: str, parent: str | None, body) -> int:
+    """Run ``body(workdir)`` in a new scratch directory under ``parent``,
+    removed afterwards: the exit status, 1 for a BenchError (printed as
+    ``name: error``) and 130 for Ctrl-C."""
+    workdir = tempfile.mkdtemp(prefix=name.replace('_', '-') + '-',
+                               dir=parent)
+    try:
+        body(workdir)
+        return 0
+    except BenchError as exc:
+        sys.stderr.write('%s: %s\n' % (name, exc))
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write('%s: interrupted\n' % name)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv, __doc__, repeat=5, scratch='3 GiB')
-    workdir = tempfile.mkdtemp(prefix='bench-convert-', dir=args.workdir)
-    try:
+
+    def body(workdir):
         bench = Bench(workdir, args.repeat)
         image_gib, image_tib, sizes, info = prepare(bench)
         bench.measure(image_gib, image_tib, sizes)
         report(bench, info)
-        return 0
-    except BenchError as exc:
-        sys.stderr.write('bench_convert: %s\n' % exc)
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write('bench_convert: interrupted\n')
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return in_workdir('bench_convert', args.workdir, body)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 
 # The launcher, its samples and the block contents are those of the
@@ -294,8 +293,8 @@ def prepare(bench: Bench) -> tuple:
 def main(argv=None) -> int:
     args = bench_convert.parse_args(argv, __doc__, repeat=3,
                                     scratch='2 GiB')
-    workdir = tempfile.mkdtemp(prefix='bench-pack-', dir=args.workdir)
-    try:
+
+    def body(workdir):
         bench = Bench(workdir, args.repeat)
         raw, info = prepare(bench)
 
@@ -305,15 +304,7 @@ def main(argv=None) -> int:
             verify(image, raw, workdir, info['blocks'])
         bench.measure(raw, check)
         report(bench, info)
-        return 0
-    except BenchError as exc:
-        sys.stderr.write('bench_pack: %s\n' % exc)
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write('bench_pack: interrupted\n')
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return bench_convert.in_workdir('bench_pack', args.workdir, body)
 
 
 if __name__ == '__main__':

@@ -35,7 +35,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import bench_convert
@@ -204,8 +203,8 @@ def main(argv=None) -> int:
     if not shutil.which('qemu-img'):
         sys.stderr.write('bench_qcow2_upload: qemu-img is not installed\n')
         return 1
-    workdir = tempfile.mkdtemp(prefix='bench-qcow2-', dir=args.workdir)
-    try:
+
+    def body(workdir):
         bench = Bench(workdir, args.repeat)
         raw = bench.path('disk.raw')
         bench.log('generating %s' % raw)
@@ -219,15 +218,8 @@ def main(argv=None) -> int:
         verify(raw, workdir)
         bench.measure(raw)
         report(bench, info)
-        return 0
-    except BenchError as exc:
-        sys.stderr.write('bench_qcow2_upload: %s\n' % exc)
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write('bench_qcow2_upload: interrupted\n')
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return bench_convert.in_workdir('bench_qcow2_upload', args.workdir,
+                                    body)
 
 
 if __name__ == '__main__':
