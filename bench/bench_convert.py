@@ -457,15 +457,8 @@ class Bench(Samples):
         self.workdir = workdir
         self.repeat = repeat
         self.notes = []
-        package_root = os.path.dirname(os.path.dirname(
-            xenapinfs_driver.__file__))
-        self.env = dict(os.environ)
-        # The commands run the code this script imported, and pick their
-        # inflater themselves.
-        self.env['PYTHONPATH'] = os.pathsep.join(
-            [package_root] + [p for p in [os.environ.get('PYTHONPATH')]
-                              if p])
-        self.env.pop('XENAPINFS_VHD_ZLIB', None)
+        # The commands pick their inflater themselves.
+        self.env = child_env()
         self.out = os.path.join(workdir, 'out.raw')
 
     def path(self, name: str) -> str:
@@ -657,6 +650,18 @@ def parse_args(argv, doc: str, repeat: int, scratch: str):
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
     return args
+
+
+def child_env() -> dict:
+    """The environment of a timed command: it runs the code this script
+    imported, and picks its compressor or inflater itself."""
+    package_root = os.path.dirname(os.path.dirname(
+        os.path.abspath(xenapinfs_driver.__file__)))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [package_root] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+    env.pop('XENAPINFS_VHD_ZLIB', None)
+    return env
 
 
 def in_workdir(name: str, parent: str | None, body) -> int:

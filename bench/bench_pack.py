@@ -153,15 +153,7 @@ class Bench(bench_convert.Samples):
         self.repeat = repeat
         self.sizes = {}
         self.notes = []
-        package_root = os.path.dirname(os.path.dirname(
-            os.path.abspath(vhd.__file__)))
-        self.env = dict(os.environ)
-        # The commands run the code this script imported, and pick their
-        # compressor themselves.
-        self.env['PYTHONPATH'] = os.pathsep.join(
-            [package_root] + [p for p in [os.environ.get('PYTHONPATH')]
-                              if p])
-        self.env.pop('XENAPINFS_VHD_ZLIB', None)
+        self.env = bench_convert.child_env()
 
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)

@@ -94,13 +94,7 @@ class Bench(bench_convert.Samples):
         self.workdir = workdir
         self.repeat = repeat
         self.sizes = {}
-        package_root = os.path.dirname(os.path.dirname(
-            os.path.abspath(qcow2c.__file__)))
-        self.env = dict(os.environ)
-        # The command runs the code this script imported.
-        self.env['PYTHONPATH'] = os.pathsep.join(
-            [package_root] + [p for p in [os.environ.get('PYTHONPATH')]
-                              if p])
+        self.env = bench_convert.child_env()
 
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
