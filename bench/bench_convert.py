@@ -427,10 +427,19 @@ def warm(path: str) -> None:
 
 
 class Samples:
-    """The timings of each step by name, and their summaries."""
+    """The timings of each step by name, and their summaries; the scratch
+    directory ``workdir``, and the environment of the timed commands."""
 
-    def __init__(self):
+    def __init__(self, workdir: str, repeat: int):
         self.samples = collections.defaultdict(list)
+        self.workdir = workdir
+        self.repeat = repeat
+        self.sizes = {}
+        self.notes = []
+        self.env = child_env()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
 
     def log(self, text: str) -> None:
         sys.stderr.write(text + '\n')
@@ -453,16 +462,8 @@ class Samples:
 
 class Bench(Samples):
     def __init__(self, workdir: str, repeat: int):
-        super().__init__()
-        self.workdir = workdir
-        self.repeat = repeat
-        self.notes = []
-        # The commands pick their inflater themselves.
-        self.env = child_env()
+        super().__init__(workdir, repeat)
         self.out = os.path.join(workdir, 'out.raw')
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
 
     # -- the steps ---------------------------------------------------------
 

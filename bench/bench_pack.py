@@ -147,16 +147,7 @@ def verify(image: str, raw: str, scratch: str, blocks: int) -> None:
 # -- measuring ----------------------------------------------------------------
 
 class Bench(bench_convert.Samples):
-    def __init__(self, workdir: str, repeat: int):
-        super().__init__()
-        self.workdir = workdir
-        self.repeat = repeat
-        self.sizes = {}
-        self.notes = []
-        self.env = bench_convert.child_env()
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
+    """The timed steps: ours, and the reference."""
 
     def ours(self, raw: str, *options, check=None) -> Sample:
         out = self.path('ours.vhd' if options else 'ours.tgz')
