@@ -160,14 +160,10 @@ def test_compressible_data_shrinks_like_qemus(tmp_path):
 @pytest.mark.parametrize('seed', range(3))
 def test_random_disks(tmp_path, seed):
     rnd = random.Random(seed)
-    size = rnd.randrange(1, 40 * 1024) * 512
-    pieces = []
-    for _ in range(rnd.randrange(1, 25)):
-        at = rnd.randrange(size)
-        pieces.append((at, rnd.choice(['random', 'text', 'zeros']),
-                       min(size - at, rnd.choice(
-                           [1, 511, CLUSTER - 1, CLUSTER, 3 * CLUSTER + 5,
-                            MiB]))))
+    size, placed = test_qcow2out.random_pieces(rnd, 40 * 1024,
+                                               rnd.randrange(1, 25))
+    pieces = [(at, rnd.choice(['random', 'text', 'zeros']), n)
+              for at, n in placed]
     raw = make_disk(tmp_path / 'disk.raw', size, pieces, seed)
     path, _counts = pack(tmp_path, raw, workers=2)
     assert_qemu_agrees(path, raw, size)

@@ -121,16 +121,23 @@ def test_qemu_reads_the_raw_disk(tmp_path, case):
     assert_qemu_agrees(path, raw, size)
 
 
+def random_pieces(rnd, sectors, count):
+    """A disk size of up to ``sectors`` sectors and ``count`` pieces
+    ``(at, length)`` in it, of lengths around the cluster's edges."""
+    size = rnd.randrange(1, sectors) * 512
+    pieces = []
+    for _ in range(count):
+        at = rnd.randrange(size)
+        pieces.append((at, min(size - at, rnd.choice(
+            [1, 511, CLUSTER - 1, CLUSTER, 3 * CLUSTER + 5, MiB]))))
+    return size, pieces
+
+
 @needs_qemu
 @pytest.mark.parametrize('seed', range(4))
 def test_random_disks(tmp_path, seed):
     rnd = random.Random(seed)
-    size = rnd.randrange(1, 80 * 1024) * 512
-    pieces = []
-    for _ in range(rnd.randrange(30)):
-        at = rnd.randrange(size)
-        pieces.append((at, min(size - at, rnd.choice(
-            [1, 511, CLUSTER - 1, CLUSTER, 3 * CLUSTER + 5, MiB]))))
+    size, pieces = random_pieces(rnd, 80 * 1024, rnd.randrange(30))
     raw = raw_disk(tmp_path / 'disk.raw', size, pieces, seed)
     path, stored = pack(tmp_path, raw)
     want = {i for at, n in pieces
